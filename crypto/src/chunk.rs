@@ -1,0 +1,133 @@
+//! Convergent chunk encryption.
+//!
+//! - chunk key = BLAKE3 keyed by the folder's convergence secret, over the plaintext;
+//! - ciphertext = ChaCha20-Poly1305 under the chunk key with an all-zero nonce (each
+//!   key encrypts exactly one plaintext, so nonce reuse cannot occur);
+//! - chunk id = BLAKE3 of the ciphertext.
+//!
+//! So equal plaintext in one folder is stored once, anyone holding a blob can check it
+//! against its id without a key, an outsider cannot confirm a guessed file, and one
+//! file can be shared by handing out its own chunk keys only.
+use crate::{CryptoError, Hash};
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The id of a stored chunk: BLAKE3 of its ciphertext.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChunkId(pub Hash);
+
+impl ChunkId {
+    /// The id of `ciphertext`.
+    pub fn of(ciphertext: &[u8]) -> ChunkId {
+        ChunkId(Hash::of(ciphertext))
+    }
+
+    /// Checks that `ciphertext` is the chunk named by this id.
+    pub fn check(&self, ciphertext: &[u8]) -> Result<(), CryptoError> {
+        if ChunkId::of(ciphertext) == *self {
+            Ok(())
+        } else {
+            Err(CryptoError::ChunkIdMismatch {
+                expected: self.0.to_hex(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.0.to_hex()[..12])
+    }
+}
+
+/// The key that seals one chunk. Lives only inside encrypted manifests.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkKey(pub [u8; 32]);
+
+impl fmt::Debug for ChunkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkKey(…)")
+    }
+}
+
+/// Poly1305 tag length: a sealed chunk is this much longer than its plaintext.
+pub const CHUNK_OVERHEAD: usize = 16;
+
+impl ChunkKey {
+    /// The convergent key of `plaintext` under a folder's convergence secret.
+    pub fn derive(convergence_secret: &[u8; 32], plaintext: &[u8]) -> ChunkKey {
+        ChunkKey(*blake3::keyed_hash(convergence_secret, plaintext).as_bytes())
+    }
+
+    /// Encrypts `plaintext` (which must be what the key was derived from).
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let cipher = ChaCha20Poly1305::new(&Key::from(self.0));
+        cipher
+            .encrypt(&Nonce::default(), plaintext)
+            .unwrap_or_default()
+    }
+
+    /// Decrypts a chunk's ciphertext; fails if it was tampered or the key is wrong.
+    pub fn open(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let cipher = ChaCha20Poly1305::new(&Key::from(self.0));
+        cipher
+            .decrypt(&Nonce::default(), ciphertext)
+            .map_err(|_| CryptoError::Decrypt { what: "chunk" })
+    }
+}
+
+/// One sealed chunk: what a scan produces for every piece of a file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedChunk {
+    /// BLAKE3 of `ciphertext`.
+    pub id: ChunkId,
+    /// The convergent key.
+    pub key: ChunkKey,
+    /// The plaintext length.
+    pub len: u32,
+    /// The sealed bytes.
+    pub ciphertext: Vec<u8>,
+}
+
+impl SealedChunk {
+    /// Keys, seals and names one plaintext chunk: the three crypto passes a byte goes
+    /// through during a scan.
+    pub fn seal(convergence_secret: &[u8; 32], plaintext: &[u8]) -> SealedChunk {
+        let key = ChunkKey::derive(convergence_secret, plaintext);
+        let ciphertext = key.seal(plaintext);
+        SealedChunk {
+            id: ChunkId::of(&ciphertext),
+            key,
+            len: plaintext.len() as u32,
+            ciphertext,
+        }
+    }
+
+    /// Checks `ciphertext` against `id`, decrypts it with `key`, and checks the length.
+    pub fn open(id: &ChunkId, key: &ChunkKey, len: u32, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        id.check(ciphertext)?;
+        let pt = key.open(ciphertext)?;
+        if pt.len() != len as usize {
+            return Err(CryptoError::Length {
+                what: "chunk plaintext",
+                expected: len as usize,
+                got: pt.len(),
+            });
+        }
+        Ok(pt)
+    }
+}
+
+impl fmt::Debug for SealedChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedChunk({:?}, {} bytes)", self.id, self.len)
+    }
+}
