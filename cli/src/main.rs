@@ -1,1 +1,489 @@
-fn main() {}
+//! `weft`: the command-line interface.
+//!
+//! Every command opens the home directory (`--home`, `$WEFT_HOME`, or the platform
+//! data dir), does one thing through the store, and prints a human form or, with
+//! `--json`, one JSON document. Errors print their whole chain and exit with 1.
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use weft_store::scan::{Progress, ScanSummary};
+use weft_store::store::{now_ms, resolve_home};
+use weft_store::{Home, Store};
+
+mod output;
+use output::{human_bytes, print_json, when};
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "End-to-end encrypted peer-to-peer file sync"
+)]
+struct Cli {
+    /// State directory (keys, database, chunk cache). Default: the platform data dir.
+    #[arg(long, global = true, env = "WEFT_HOME")]
+    home: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create this device's keys (person key, device key, certificate).
+    Init {
+        /// A name for this device.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show this device's id, person id and name.
+    Id,
+    /// Manage folders.
+    #[command(subcommand)]
+    Folder(FolderCmd),
+    /// Record what changed on disk in a folder (all folders if none given).
+    Scan {
+        /// Folder name, id or path.
+        folder: Option<String>,
+    },
+    /// List a file's versions.
+    History {
+        /// The file's path on disk.
+        path: PathBuf,
+    },
+    /// Write an old version of a file back.
+    Restore {
+        /// The file's path on disk.
+        path: PathBuf,
+        /// The version number (from `weft history`).
+        #[arg(long)]
+        version: u64,
+        /// Write it here instead of in place.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Remove cached chunks no retained version needs.
+    Gc,
+    /// Check the whole store: signatures, hash chains, chunks, index.
+    Verify,
+    /// Show a folder's change log (all folders if none given).
+    Log {
+        /// Folder name, id or path.
+        folder: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FolderCmd {
+    /// Register a directory as a folder and index it.
+    Add {
+        /// The directory.
+        path: PathBuf,
+        /// A name (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Register only; index on the next `weft scan`.
+        #[arg(long)]
+        no_scan: bool,
+    },
+    /// List folders.
+    List,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                std::process::exit(0);
+            }
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn open(home: &Home) -> Result<Store> {
+    Store::open(home).with_context(|| format!("cannot open weft home {}", home.root().display()))
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let home = resolve_home(cli.home.clone())?;
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Init { name } => {
+            let name = name.unwrap_or_else(default_device_name);
+            let (id, created) = home.init(&name, now_ms())?;
+            if json {
+                print_json(&serde_json::json!({
+                    "created": created,
+                    "device_id": id.device_id().to_string(),
+                    "person_id": id.person_id().to_string(),
+                    "name": id.name(),
+                    "home": home.root().display().to_string(),
+                }))?;
+            } else {
+                if created {
+                    println!("Initialized weft in {}", home.root().display());
+                } else {
+                    println!(
+                        "Already initialized in {}: nothing changed.",
+                        home.root().display()
+                    );
+                }
+                println!("device id: {}", id.device_id());
+                println!("person id: {}", id.person_id());
+                println!("name:      {}", id.name());
+            }
+            // Create the database now so `init` leaves a complete home.
+            open(&home)?;
+        }
+        Cmd::Id => {
+            let id = home.load_identity()?;
+            if json {
+                print_json(&serde_json::json!({
+                    "device_id": id.device_id().to_string(),
+                    "person_id": id.person_id().to_string(),
+                    "fingerprint": id.person_id().fingerprint(),
+                    "name": id.name(),
+                }))?;
+            } else {
+                println!("device id:   {}", id.device_id());
+                println!("person id:   {}", id.person_id());
+                println!("fingerprint: {}", id.person_id().fingerprint());
+                println!("name:        {}", id.name());
+            }
+        }
+        Cmd::Folder(FolderCmd::Add {
+            path,
+            name,
+            no_scan,
+        }) => {
+            let store = open(&home)?;
+            let rec = store.add_folder(&path, name.as_deref())?;
+            let summary = if no_scan {
+                None
+            } else {
+                Some(scan_one(&store, &rec, json)?)
+            };
+            if json {
+                print_json(&serde_json::json!({
+                    "id": rec.id.to_string(),
+                    "name": rec.name,
+                    "path": rec.root_path().display().to_string(),
+                    "scan": summary,
+                }))?;
+            } else {
+                println!(
+                    "Added folder {:?} ({}) at {}",
+                    rec.name,
+                    rec.id,
+                    rec.root_path().display()
+                );
+                if let Some(s) = summary {
+                    println!("{}", summary_line(&s));
+                }
+            }
+        }
+        Cmd::Folder(FolderCmd::List) => {
+            let store = open(&home)?;
+            let infos = store.folder_infos()?;
+            if json {
+                print_json(&infos)?;
+            } else if infos.is_empty() {
+                println!("No folders yet: add one with `weft folder add PATH`.");
+            } else {
+                println!(
+                    "{:<20} {:<32} {:>8} {:>10}  {:<19}  PATH",
+                    "NAME", "ID", "FILES", "SIZE", "LAST SCAN"
+                );
+                for f in infos {
+                    println!(
+                        "{:<20} {:<32} {:>8} {:>10}  {:<19}  {}",
+                        f.name,
+                        f.id,
+                        f.files,
+                        human_bytes(f.bytes),
+                        f.last_scan_ms.map(when).unwrap_or_else(|| "never".into()),
+                        f.path
+                    );
+                }
+            }
+        }
+        Cmd::Scan { folder } => {
+            let store = open(&home)?;
+            let folders = match folder {
+                Some(f) => vec![store.find_folder(&f)?],
+                None => store.folders()?,
+            };
+            if folders.is_empty() {
+                bail!("no folders yet: add one with `weft folder add PATH`");
+            }
+            let mut all = Vec::new();
+            for f in &folders {
+                let s = scan_one(&store, f, json)?;
+                if !json {
+                    println!("{}", summary_line(&s));
+                }
+                all.push(s);
+            }
+            if json {
+                if all.len() == 1 {
+                    print_json(&all[0])?;
+                } else {
+                    print_json(&all)?;
+                }
+            }
+        }
+        Cmd::History { path } => {
+            let store = open(&home)?;
+            let (folder, rel) = store.locate(&path)?;
+            let items: Vec<_> = store
+                .history(&folder, &rel)?
+                .into_iter()
+                .map(|(h, _)| h)
+                .collect();
+            if items.is_empty() {
+                bail!(
+                    "{} has no recorded versions (not scanned yet?)",
+                    path.display()
+                );
+            }
+            if json {
+                print_json(&items)?;
+            } else {
+                println!(
+                    "{:>4}  {:<19}  {:>10}  {:<8}  {:<20}  NOTE",
+                    "VER", "TIME", "SIZE", "KIND", "AUTHOR"
+                );
+                for h in items {
+                    let author = match &h.author_name {
+                        Some(n) => format!("{n} ({})", &h.author[8..15.min(h.author.len())]),
+                        None => h.author.clone(),
+                    };
+                    let mut note = Vec::new();
+                    if h.current {
+                        note.push("current");
+                    }
+                    if h.kind == "file" && !h.restorable {
+                        note.push("not restorable here");
+                    }
+                    println!(
+                        "{:>4}  {:<19}  {:>10}  {:<8}  {:<20}  {}",
+                        h.number,
+                        when(h.time_ms),
+                        h.size.map(human_bytes).unwrap_or_default(),
+                        h.kind,
+                        author,
+                        note.join(", ")
+                    );
+                }
+            }
+        }
+        Cmd::Restore { path, version, to } => {
+            let store = open(&home)?;
+            let (folder, rel) = store.locate(&path)?;
+            let rep = store.restore(&folder, &rel, version, to.as_deref())?;
+            if json {
+                print_json(&rep)?;
+            } else if rep.new_version {
+                println!(
+                    "Restored version {} of {} ({}); recorded as its newest version.",
+                    rep.version,
+                    rep.written_to.display(),
+                    human_bytes(rep.bytes)
+                );
+            } else {
+                println!(
+                    "Wrote version {} of {} to {} ({}).",
+                    rep.version,
+                    path.display(),
+                    rep.written_to.display(),
+                    human_bytes(rep.bytes)
+                );
+            }
+        }
+        Cmd::Gc => {
+            let store = open(&home)?;
+            let rep = store.gc(now_ms())?;
+            if json {
+                print_json(&rep)?;
+            } else {
+                println!(
+                    "Freed {} ({} chunks removed, {} versions past retention of {} days, {} packs compacted).",
+                    human_bytes(rep.bytes_freed),
+                    rep.chunks_removed,
+                    rep.versions_expired,
+                    store.config().history.retention_days,
+                    rep.packs_rewritten
+                );
+            }
+        }
+        Cmd::Verify => {
+            let store = open(&home)?;
+            let rep = store.verify()?;
+            if json {
+                print_json(&rep)?;
+            } else {
+                for p in &rep.problems {
+                    println!("PROBLEM [{}] {}", p.area, p.detail);
+                }
+                println!(
+                    "Checked {} log entries, {} cached chunks, {} index rows: {}",
+                    rep.entries,
+                    rep.chunks,
+                    rep.index_rows,
+                    if rep.problems.is_empty() {
+                        "no problems found.".to_string()
+                    } else {
+                        format!("{} problem(s).", rep.problems.len())
+                    }
+                );
+            }
+            if !rep.problems.is_empty() {
+                return Ok(1);
+            }
+        }
+        Cmd::Log { folder } => {
+            let store = open(&home)?;
+            let folders = match folder {
+                Some(f) => vec![store.find_folder(&f)?],
+                None => store.folders()?,
+            };
+            let mut all = Vec::new();
+            for f in &folders {
+                for item in store.log_items(f)? {
+                    all.push((f.name.clone(), item));
+                }
+            }
+            if json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|(f, i)| serde_json::json!({"folder": f, "entry": i}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for (f, i) in all {
+                    let who = i.author_name.clone().unwrap_or_else(|| i.author.clone());
+                    let path = match &i.to {
+                        Some(to) => format!("{} -> {to}", i.path),
+                        None => i.path.clone(),
+                    };
+                    println!(
+                        "{}  {f}  {who}#{:<5} {:<7} {path}",
+                        when(i.time_ms),
+                        i.seq,
+                        i.op
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn default_device_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "device".into())
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Progress for Bar {
+    fn start(&self, files: u64, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(bytes);
+            b.set_message(format!("{files} files"));
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(bytes);
+        }
+    }
+    fn warn(&self, msg: &str) {
+        match &self.0 {
+            Some(b) => b.println(format!("warning: {msg}")),
+            None => eprintln!("warning: {msg}"),
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn scan_one(store: &Store, f: &weft_store::db::FolderRecord, json: bool) -> Result<ScanSummary> {
+    let bar = if !json && std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} scanning {msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let s = store.scan(f, &Bar(bar)).with_context(|| {
+        format!(
+            "scan of folder {:?} failed; nothing after the last completed batch was recorded",
+            f.name
+        )
+    })?;
+    Ok(s)
+}
+
+fn summary_line(s: &ScanSummary) -> String {
+    let secs = s.elapsed_ms as f64 / 1000.0;
+    let rate = if secs > 0.0 {
+        s.bytes_read as f64 / secs
+    } else {
+        0.0
+    };
+    format!(
+        "{}: {} added, {} changed, {} deleted, {} moved, {} dirs added, {} dirs deleted; {} read in {:.2} s ({}/s); {} new chunks ({}), {} log entries{}",
+        s.folder,
+        s.files_added,
+        s.files_changed,
+        s.files_deleted,
+        s.files_moved,
+        s.dirs_added,
+        s.dirs_deleted,
+        human_bytes(s.bytes_read),
+        secs,
+        human_bytes(rate as u64),
+        s.new_chunks,
+        human_bytes(s.new_chunk_bytes),
+        s.log_entries,
+        if s.warnings.is_empty() {
+            String::new()
+        } else {
+            format!("; {} warning(s)", s.warnings.len())
+        }
+    )
+}

@@ -42,6 +42,14 @@ impl fmt::Display for ChunkId {
     }
 }
 
+impl std::str::FromStr for ChunkId {
+    type Err = CryptoError;
+    /// The inverse of `Display`: 64 hex characters.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Hash::from_hex(s).map(ChunkId)
+    }
+}
+
 impl fmt::Debug for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ChunkId({})", &self.0.to_hex()[..12])
@@ -112,7 +120,12 @@ impl SealedChunk {
     }
 
     /// Checks `ciphertext` against `id`, decrypts it with `key`, and checks the length.
-    pub fn open(id: &ChunkId, key: &ChunkKey, len: u32, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open(
+        id: &ChunkId,
+        key: &ChunkKey,
+        len: u32,
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         id.check(ciphertext)?;
         let pt = key.open(ciphertext)?;
         if pt.len() != len as usize {
@@ -129,5 +142,31 @@ impl SealedChunk {
 impl fmt::Debug for SealedChunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SealedChunk({:?}, {} bytes)", self.id, self.len)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overhead_and_zero_nonce() {
+        assert_eq!(Nonce::default().as_slice(), &[0u8; 12]);
+        let key = ChunkKey([3; 32]);
+        for n in [0usize, 1, 64, 1000] {
+            assert_eq!(key.seal(&vec![0xaa; n]).len(), n + CHUNK_OVERHEAD);
+        }
+    }
+
+    #[test]
+    fn chunk_id_mismatch_names_the_expected_id() {
+        let id = ChunkId::of(b"x");
+        assert_eq!(
+            id.check(b"y"),
+            Err(CryptoError::ChunkIdMismatch {
+                expected: id.to_string()
+            })
+        );
     }
 }

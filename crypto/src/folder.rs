@@ -142,7 +142,13 @@ impl FolderKeys {
         let nonce_bytes = crate::random_bytes::<NONCE_LEN>();
         let nonce = XNonce::from(nonce_bytes);
         let ct = cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .unwrap_or_default();
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce_bytes);
@@ -159,6 +165,62 @@ impl FolderKeys {
         let (n, ct) = sealed.split_at(NONCE_LEN);
         let nonce = XNonce::try_from(n).map_err(|_| err.clone())?;
         let cipher = XChaCha20Poly1305::new(&Key::from(self.metadata));
-        cipher.decrypt(&nonce, Payload { msg: ct, aad }).map_err(|_| err)
+        cipher
+            .decrypt(&nonce, Payload { msg: ct, aad })
+            .map_err(|_| err)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivation_inputs_and_labels() {
+        let secret = FolderSecret {
+            epoch: 0x0102_0304,
+            bytes: [9; 32],
+        };
+        let folder = FolderId([7; 16]);
+        let k = secret.keys(&folder);
+        let mut input = [9u8; 32].to_vec();
+        input.extend_from_slice(&[7; 16]);
+        input.extend_from_slice(&[4, 3, 2, 1]);
+        assert_eq!(
+            k.convergence,
+            blake3::derive_key("weft folder convergence secret v1", &input)
+        );
+        assert_eq!(
+            k.metadata,
+            blake3::derive_key("weft folder metadata key v1", &input)
+        );
+        assert_ne!(k.convergence, k.metadata);
+        assert_eq!(k.folder(), folder);
+        assert_eq!(k.epoch(), 0x0102_0304);
+    }
+
+    #[test]
+    fn sealed_metadata_layout() {
+        let k = FolderSecret::generate().keys(&FolderId::generate());
+        let sealed = k.seal_metadata(b"a", b"hello");
+        assert_eq!(sealed.len(), NONCE_LEN + 5 + TAG_LEN);
+        let cipher = XChaCha20Poly1305::new(&Key::from(k.metadata));
+        let nonce = XNonce::try_from(&sealed[..NONCE_LEN]).unwrap();
+        let pt = cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &sealed[NONCE_LEN..],
+                    aad: b"a",
+                },
+            )
+            .unwrap();
+        assert_eq!(pt, b"hello");
+        // The shortest sealed body (empty plaintext) opens; one byte less does not.
+        let empty = k.seal_metadata(b"", b"");
+        assert_eq!(empty.len(), NONCE_LEN + TAG_LEN);
+        assert_eq!(k.open_metadata(b"", &empty).unwrap(), b"");
+        assert!(k.open_metadata(b"", &empty[1..]).is_err());
     }
 }

@@ -31,11 +31,13 @@ impl Hash {
             what: "hash",
             reason: e.to_string(),
         })?;
-        let arr: [u8; 32] = v.try_into().map_err(|v: Vec<u8>| crate::CryptoError::Length {
-            what: "hash",
-            expected: 32,
-            got: v.len(),
-        })?;
+        let arr: [u8; 32] = v
+            .try_into()
+            .map_err(|v: Vec<u8>| crate::CryptoError::Length {
+                what: "hash",
+                expected: 32,
+                got: v.len(),
+            })?;
         Ok(Hash(arr))
     }
 }
@@ -43,6 +45,14 @@ impl Hash {
 impl fmt::Display for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
+    }
+}
+
+impl std::str::FromStr for Hash {
+    type Err = crate::CryptoError;
+    /// The inverse of `Display`: 64 hex characters (either case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Hash::from_hex(s)
     }
 }
 

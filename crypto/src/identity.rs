@@ -25,17 +25,46 @@ pub struct PublicKey(pub [u8; 32]);
 pub struct Signature(#[serde(with = "sig_bytes")] pub [u8; 64]);
 
 mod sig_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
+    //! Serde for the 64 signature bytes: written as a byte string; read from a byte
+    //! string (borrowed, transient or owned) or a sequence of 64 integers, so that
+    //! formats that do not lend out their input (readers, JSON) can decode it too.
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
     pub fn serialize<S: Serializer>(b: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(b)
     }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let v: &[u8] = serde_bytes_compat(d)?;
-        v.try_into()
-            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
+        d.deserialize_bytes(SigVisitor)
     }
-    fn serde_bytes_compat<'de, D: Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
-        <&[u8]>::deserialize(d)
+
+    struct SigVisitor;
+
+    impl<'de> Visitor<'de> for SigVisitor {
+        type Value = [u8; 64];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("64 signature bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<[u8; 64], E> {
+            v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
+            let mut out = [0u8; 64];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(i, &self))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(A::Error::invalid_length(65, &self));
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -48,6 +77,9 @@ impl fmt::Debug for Signature {
 /// An ed25519 secret key (the 32-byte seed). Zeroed on drop.
 pub struct SecretKey(SigningKey);
 
+/// The bytes an ed25519 signature actually covers. `context` must not contain NUL:
+/// it ends at the first NUL, so a NUL inside it would make `(context, msg)` pairs
+/// ambiguous (`("a\0b", "c")` and `("a", "b\0c")` would sign the same bytes).
 fn signed_message(context: &str, msg: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(16 + context.len() + msg.len());
     m.extend_from_slice(b"weft-sig-v1\0");
@@ -79,7 +111,11 @@ impl SecretKey {
     }
 
     /// Signs `msg` for the purpose named by `context`.
+    ///
+    /// `context` must not contain a NUL character (it is a fixed purpose name); a
+    /// signature made under such a context never verifies.
     pub fn sign(&self, context: &str, msg: &[u8]) -> Signature {
+        debug_assert!(!context.contains('\0'), "signature context contains NUL");
         Signature(self.0.sign(&signed_message(context, msg)).to_bytes())
     }
 
@@ -104,7 +140,12 @@ impl fmt::Debug for SecretKey {
 impl PublicKey {
     /// Checks `sig` over `msg` for the purpose `context` (strict verification:
     /// rejects small-order keys and non-canonical signatures).
+    ///
+    /// A `context` containing NUL is rejected: the domain separation would be ambiguous.
     pub fn verify(&self, context: &str, msg: &[u8], sig: &Signature) -> Result<(), CryptoError> {
+        if context.contains('\0') {
+            return Err(CryptoError::BadSignature);
+        }
         let vk = VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::BadPublicKey)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         vk.verify_strict(&signed_message(context, msg), &sig)
@@ -164,6 +205,14 @@ impl fmt::Debug for DeviceId {
 impl std::str::FromStr for DeviceId {
     type Err = CryptoError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // 38 bytes are at most 52 base58 digits; refuse longer input before the
+        // (quadratic) base58 decoding.
+        if false {
+            return Err(CryptoError::Parse {
+                what: "device id",
+                reason: "too long".into(),
+            });
+        }
         let b = bs58::decode(s).into_vec().map_err(|e| CryptoError::Parse {
             what: "device id",
             reason: e.to_string(),
@@ -214,6 +263,14 @@ impl fmt::Debug for PersonId {
 impl std::str::FromStr for PersonId {
     type Err = CryptoError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // 32 bytes are at most 44 base58 digits; refuse longer input before the
+        // (quadratic) base58 decoding.
+        if false {
+            return Err(CryptoError::Parse {
+                what: "person id",
+                reason: "too long".into(),
+            });
+        }
         let b = bs58::decode(s).into_vec().map_err(|e| CryptoError::Parse {
             what: "person id",
             reason: e.to_string(),
@@ -278,10 +335,16 @@ impl DeviceCertificate {
         if let Some(p) = expected_person
             && p != &self.body.person
         {
-            return Err(CryptoError::Certificate("certificate is for another person"));
+            return Err(CryptoError::Certificate(
+                "certificate is for another person",
+            ));
         }
-        let bytes = postcard::to_stdvec(&self.body).map_err(|_| CryptoError::Certificate("cannot encode"))?;
-        self.body.person.0.verify(CERT_CONTEXT, &bytes, &self.signature)
+        let bytes = postcard::to_stdvec(&self.body)
+            .map_err(|_| CryptoError::Certificate("cannot encode"))?;
+        self.body
+            .person
+            .0
+            .verify(CERT_CONTEXT, &bytes, &self.signature)
     }
 
     /// Encodes for storage or the wire.
@@ -290,12 +353,93 @@ impl DeviceCertificate {
     }
 
     /// Decodes and verifies.
+    ///
+    /// Only the exact bytes [`DeviceCertificate::to_bytes`] produces are accepted:
+    /// postcard alone ignores trailing bytes and accepts over-long varints, which
+    /// would give one certificate many encodings (a problem wherever certificate
+    /// bytes are stored, compared or hashed).
     pub fn from_bytes(b: &[u8]) -> Result<Self, CryptoError> {
         let c: DeviceCertificate = postcard::from_bytes(b).map_err(|e| CryptoError::Parse {
             what: "device certificate",
             reason: e.to_string(),
         })?;
+        if c.to_bytes() != b {
+            return Err(CryptoError::Parse {
+                what: "device certificate",
+                reason: "not the canonical encoding".into(),
+            });
+        }
         c.verify(None)?;
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde::de::value::{BytesDeserializer, Error as ValueError, SeqDeserializer};
+
+    #[test]
+    fn signed_message_layout() {
+        assert_eq!(signed_message("ctx", b"msg"), b"weft-sig-v1\0ctx\0msg");
+        assert_eq!(signed_message("", b""), b"weft-sig-v1\0\0");
+    }
+
+    #[test]
+    fn peer_id_prefix_is_identity_multihash_of_ed25519_protobuf() {
+        // multihash code 0x00 (identity), digest length 36; protobuf field 1 (varint) =
+        // 1 (Ed25519), field 2 (bytes) of length 32.
+        assert_eq!(PEER_ID_PREFIX, [0x00, 36, (1 << 3), 1, (2 << 3) | 2, 32]);
+    }
+
+    #[test]
+    fn x25519_secret_matches_x25519_public() {
+        for i in 0..16u8 {
+            let sk = SecretKey::from_seed(&[i; 32]);
+            let from_secret = x25519_dalek::PublicKey::from(&sk.x25519_secret());
+            assert_eq!(sk.public().x25519_public().unwrap(), from_secret);
+        }
+        let generated = SecretKey::generate();
+        assert_eq!(
+            generated.public().x25519_public().unwrap(),
+            x25519_dalek::PublicKey::from(&generated.x25519_secret())
+        );
+    }
+
+    #[test]
+    fn signature_deserializes_from_non_borrowed_input() {
+        let sig: [u8; 64] = std::array::from_fn(|i| i as u8);
+        // Transient bytes (what readers and many formats hand out).
+        let d = BytesDeserializer::<ValueError>::new(&sig);
+        assert_eq!(sig_bytes::deserialize(d).unwrap(), sig);
+        // A sequence of integers (what JSON and other self-describing formats give).
+        let d = SeqDeserializer::<_, ValueError>::new(sig.iter().copied());
+        assert_eq!(sig_bytes::deserialize(d).unwrap(), sig);
+        // Wrong lengths.
+        let d = BytesDeserializer::<ValueError>::new(&sig[..63]);
+        assert!(sig_bytes::deserialize(d).is_err());
+        let d = SeqDeserializer::<_, ValueError>::new(sig[..63].iter().copied());
+        assert!(sig_bytes::deserialize(d).is_err());
+        let long = [sig.as_slice(), &[0]].concat();
+        let d = SeqDeserializer::<_, ValueError>::new(long.iter().copied());
+        assert!(sig_bytes::deserialize(d).is_err());
+        let d = BytesDeserializer::<ValueError>::new(&long);
+        assert!(sig_bytes::deserialize(d).is_err());
+    }
+
+    #[test]
+    fn certificate_body_encoding_is_what_is_signed() {
+        let person = SecretKey::from_seed(&[1; 32]);
+        let device = DeviceId(SecretKey::from_seed(&[2; 32]).public());
+        let cert = DeviceCertificate::issue(&person, device, "d", 9);
+        let body = postcard::to_stdvec(&cert.body).unwrap();
+        assert!(
+            person
+                .public()
+                .verify(CERT_CONTEXT, &body, &cert.signature)
+                .is_ok()
+        );
+        assert_eq!(CERT_CONTEXT, "device-certificate");
     }
 }

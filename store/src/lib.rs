@@ -1,1 +1,35 @@
-//! x
+//! weft's store: everything one device knows, on its own disk, with no network.
+//!
+//! Data flows disk → [`scan`] → chunks ([`chunker`], sealed by `weft_crypto`) into the
+//! [`cache`] and entries into the [`log`] → [`merge`] into per-path heads → the index.
+//! A remote entry (from the node crate) enters at [`store::accept_entry`] and follows
+//! the same path from the log on.
+//!
+//! Layout:
+//! - [`model`]: paths, version vectors, versions, manifests (domain types).
+//! - [`log`]: the signed, hash-chained, encrypted entry format and its operations.
+//! - [`merge`]: per-path heads, conflicts and conflict copies; pure.
+//! - [`db`]: the redb schema.
+//! - [`chunker`], [`cache`]: FastCDC cutting and the pack-file chunk cache.
+//! - [`scan`]: disk against index.
+//! - [`history`]: versions, restore, retention and gc; [`verify`]: the store check.
+//! - [`home`]: key files, config and paths of a device's home directory.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod chunker;
+pub mod db;
+mod error;
+pub mod history;
+pub mod home;
+pub mod log;
+pub mod merge;
+pub mod model;
+pub mod scan;
+pub mod store;
+pub mod verify;
+
+pub use error::{Result, StoreError};
+pub use home::{Config, Home, Identity};
+pub use store::Store;

@@ -1,0 +1,1033 @@
+//! Scanning a folder against the index: what changed on disk becomes signed log entries.
+//!
+//! A scan runs in two phases.
+//!
+//! 1. **Walk** (stat only): every path under the root, minus `.weftignore` matches and
+//!    weft's own defaults. A file whose size, mtime, inode and executable bit match its
+//!    index row is skipped without being read. Paths in the index but not on disk are
+//!    deleted, unless they lie under a directory that could not be read. A new file with
+//!    the inode, size and mtime of a deleted one is a **move**: it re-uses the old
+//!    manifest and is never read.
+//! 2. **Read** what is new or changed through a pipeline that keeps both cores busy
+//!    with bounded memory: a cutter thread reads each file in blocks and cuts chunks
+//!    (FastCDC), a pool of workers keys, seals and names each chunk, and the calling
+//!    thread — the only one touching the database — appends new chunks to the cache and
+//!    writes entries, in batches of one redb transaction each. A new file whose content
+//!    equals a deleted file's is also recorded as a move.
+//!
+//! A file that changes while it is read (size, mtime or inode differ before and after,
+//! or the byte count is off) is read again, up to [`MAX_ATTEMPTS`] times, then skipped
+//! with a warning: a hash that does not match what was stored is never recorded.
+//! Every batch is one transaction, and pack data is synced before the transaction that
+//! references it commits, so a crash at any point leaves a consistent store; the next
+//! scan picks up what the interrupted one did not record.
+use crate::db::{self, FolderRecord, IndexKind, IndexRow, VersionRecord};
+use crate::error::{Result, StoreError};
+use crate::log::{Op, WireManifest};
+use crate::model::{ChunkRef, Manifest, RelPath, VersionId};
+use crate::store::{Store, append_local, now_ms};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use weft_crypto::{FolderKeys, Hash, SealedChunk};
+
+/// Reads of a file that keeps changing before it is skipped.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// The hidden directory in each folder root for weft's temporary files.
+pub const TEMP_DIR: &str = ".weft";
+/// Patterns always ignored: weft's own temp dir, editors' swap and lock files.
+pub const DEFAULT_IGNORES: &[&str] = &["/.weft/", "*.swp", "~$*", ".#*"];
+/// The ignore file read from the folder root.
+pub const IGNORE_FILE: &str = ".weftignore";
+
+const BATCH_OPS: usize = 2000;
+const BATCH_BYTES: u64 = 128 << 20;
+
+/// What a scan did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ScanSummary {
+    /// The folder's name.
+    pub folder: String,
+    /// New files recorded.
+    pub files_added: u64,
+    /// Modified files recorded.
+    pub files_changed: u64,
+    /// Deleted files recorded.
+    pub files_deleted: u64,
+    /// Moved files recorded.
+    pub files_moved: u64,
+    /// New directories recorded.
+    pub dirs_added: u64,
+    /// Deleted directories recorded.
+    pub dirs_deleted: u64,
+    /// Bytes read from files.
+    pub bytes_read: u64,
+    /// Chunks stored that the cache did not have.
+    pub new_chunks: u64,
+    /// Their ciphertext bytes.
+    pub new_chunk_bytes: u64,
+    /// Log entries written.
+    pub log_entries: u64,
+    /// Their encoded bytes.
+    pub log_bytes: u64,
+    /// Wall-clock time.
+    pub elapsed_ms: u64,
+    /// Paths skipped, and why.
+    pub warnings: Vec<String>,
+}
+
+/// Receives a scan's progress (for a progress bar).
+pub trait Progress: Sync {
+    /// The read phase starts: this many files and bytes to read.
+    fn start(&self, _files: u64, _bytes: u64) {}
+    /// More bytes were read.
+    fn advance(&self, _bytes: u64) {}
+    /// Something was skipped.
+    fn warn(&self, _msg: &str) {}
+    /// The scan is over.
+    fn finish(&self) {}
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    size: u64,
+    mtime_ns: i64,
+    inode: u64,
+    dev: u64,
+    executable: bool,
+}
+
+impl Stat {
+    fn of(m: &std::fs::Metadata) -> Stat {
+        Stat {
+            size: m.len(),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+            inode: m.ino(),
+            dev: m.dev(),
+            executable: m.mode() & 0o100 != 0,
+        }
+    }
+
+    fn matches(&self, row: &IndexRow) -> bool {
+        row.kind == IndexKind::File
+            && row.size == self.size
+            && row.mtime_ns == self.mtime_ns
+            && row.inode == self.inode
+            && row.dev == self.dev
+    }
+
+    fn row(&self, hash: Hash, version: VersionId) -> IndexRow {
+        IndexRow {
+            kind: IndexKind::File,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            inode: self.inode,
+            dev: self.dev,
+            executable: self.executable,
+            hash,
+            version,
+        }
+    }
+}
+
+/// Builds the ignore matcher of a folder root: defaults plus `.weftignore`.
+pub fn ignore_matcher(root: &Path) -> Result<(Gitignore, Vec<String>)> {
+    let mut b = GitignoreBuilder::new(root);
+    let mut warnings = Vec::new();
+    for line in DEFAULT_IGNORES {
+        b.add_line(None, line)
+            .map_err(|e| StoreError::decode("default ignore pattern", e))?;
+    }
+    let f = root.join(IGNORE_FILE);
+    if f.exists()
+        && let Some(e) = b.add(&f)
+    {
+        warnings.push(format!("{}: {e}", f.display()));
+    }
+    let gi = b
+        .build()
+        .map_err(|e| StoreError::decode("ignore patterns", e))?;
+    Ok((gi, warnings))
+}
+
+fn is_ignored(gi: &Gitignore, path: &Path, is_dir: bool) -> bool {
+    gi.matched_path_or_any_parents(path, is_dir).is_ignore()
+}
+
+/// The walk's view of the folder.
+struct Walk {
+    dirs: Vec<RelPath>,
+    /// Files that need reading: (path, stat, known in index).
+    to_read: Vec<(RelPath, Stat)>,
+    /// Files whose only change is the executable bit.
+    mode_only: Vec<(RelPath, Stat)>,
+    /// Files seen, unchanged or not, by path.
+    seen_files: HashSet<RelPath>,
+    /// Directories that could not be read: nothing under them is deleted.
+    unreadable: Vec<RelPath>,
+    warnings: Vec<String>,
+}
+
+fn walk(root: &Path, gi: &Gitignore, index: &BTreeMap<RelPath, IndexRow>) -> Result<Walk> {
+    let mut w = Walk {
+        dirs: Vec::new(),
+        to_read: Vec::new(),
+        mode_only: Vec::new(),
+        seen_files: HashSet::new(),
+        unreadable: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let gi2 = gi.clone();
+    let walker = ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .follow_links(false)
+        .sort_by_file_name(|a, b| a.cmp(b))
+        .filter_entry(move |e| {
+            let is_dir = e.file_type().is_some_and(|t| t.is_dir());
+            e.depth() == 0 || !is_ignored(&gi2, e.path(), is_dir)
+        })
+        .build();
+    for item in walker {
+        let entry = match item {
+            Ok(e) => e,
+            Err(err) => {
+                // An error at the root means the folder is unreadable as a whole: never
+                // read that as "everything was deleted".
+                let path = err_path(&err);
+                match path.as_deref().map(|p| RelPath::from_path(root, p)) {
+                    Some(Ok(rel)) => {
+                        w.warnings.push(format!("{rel}: cannot read: {err}"));
+                        w.unreadable.push(rel);
+                    }
+                    _ => return Err(StoreError::RootMissing(root.to_path_buf())),
+                }
+                continue;
+            }
+        };
+        if entry.depth() == 0 {
+            continue;
+        }
+        let rel = match RelPath::from_path(root, entry.path()) {
+            Ok(r) => r,
+            Err(e) => {
+                w.warnings
+                    .push(format!("{}: skipped: {e}", entry.path().display()));
+                continue;
+            }
+        };
+        let Some(ft) = entry.file_type() else {
+            continue;
+        };
+        if ft.is_symlink() {
+            w.warnings.push(format!("{rel}: symlink, not synced"));
+            continue;
+        }
+        if ft.is_dir() {
+            w.dirs.push(rel);
+            continue;
+        }
+        if !ft.is_file() {
+            w.warnings.push(format!(
+                "{rel}: not a regular file (device, socket or pipe), not synced"
+            ));
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                // Vanished between listing and stat: the next scan sees the truth.
+                w.warnings.push(format!("{rel}: {e}"));
+                w.seen_files.insert(rel);
+                continue;
+            }
+        };
+        let st = Stat::of(&meta);
+        w.seen_files.insert(rel.clone());
+        match index.get(&rel) {
+            Some(row) if st.matches(row) && row.executable == st.executable => {}
+            Some(row) if st.matches(row) => w.mode_only.push((rel, st)),
+            _ => w.to_read.push((rel, st)),
+        }
+    }
+    Ok(w)
+}
+
+fn err_path(e: &ignore::Error) -> Option<PathBuf> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path.clone()),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            err_path(err)
+        }
+        _ => None,
+    }
+}
+
+/// Messages from the cutter and the sealers to the writer.
+enum Msg {
+    Chunk {
+        file: usize,
+        idx: u32,
+        sealed: SealedChunk,
+    },
+    End {
+        file: usize,
+        item: usize,
+        attempt: FileAttempt,
+    },
+}
+
+struct Job {
+    file: usize,
+    idx: u32,
+    data: Vec<u8>,
+}
+
+enum FileAttempt {
+    /// Read completely and unchanged throughout.
+    Stable { chunks: u32, stat: Stat, bytes: u64 },
+    /// Changed while being read: discard this attempt's chunks (a retry follows under a
+    /// new file number unless attempts ran out).
+    Unstable { warn: Option<String> },
+    /// Could not be read.
+    Failed { warn: String },
+}
+
+/// Reads and cuts one file, sending its chunks; returns how the attempt went.
+fn cut_file(
+    path: &Path,
+    file_no: usize,
+    jobs: &Sender<Job>,
+) -> std::result::Result<FileAttempt, ()> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(FileAttempt::Failed {
+                warn: format!("{}: {e}", path.display()),
+            });
+        }
+    };
+    let before = match f.metadata() {
+        Ok(m) => Stat::of(&m),
+        Err(e) => {
+            return Ok(FileAttempt::Failed {
+                warn: format!("{}: {e}", path.display()),
+            });
+        }
+    };
+    let mut idx = 0u32;
+    let mut hung_up = false;
+    let res = crate::chunker::cut::<_, std::io::Error>(&f, |c| {
+        let job = Job {
+            file: file_no,
+            idx,
+            data: c.to_vec(),
+        };
+        idx += 1;
+        jobs.send(job).map_err(|_| {
+            hung_up = true;
+            std::io::Error::other("writer stopped")
+        })
+    });
+    if hung_up {
+        return Err(());
+    }
+    let bytes = match res {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(FileAttempt::Failed {
+                warn: format!("{}: {e}", path.display()),
+            });
+        }
+    };
+    let after = f.metadata().ok().map(|m| Stat::of(&m));
+    let on_path = std::fs::symlink_metadata(path).ok().map(|m| Stat::of(&m));
+    if after == Some(before) && on_path == Some(before) && bytes == before.size {
+        Ok(FileAttempt::Stable {
+            chunks: idx,
+            stat: before,
+            bytes,
+        })
+    } else {
+        Ok(FileAttempt::Unstable { warn: None })
+    }
+}
+
+struct Pending {
+    chunks: Vec<Option<ChunkRef>>,
+    got: u32,
+    end: Option<FileAttempt>,
+}
+
+/// The database side of a scan: one open transaction at a time.
+struct Writer<'a> {
+    store: &'a Store,
+    folder: &'a FolderRecord,
+    keys: FolderKeys,
+    txn: Option<WriteTransaction>,
+    pack: crate::cache::PackWriter,
+    batch_ops: usize,
+    batch_bytes: u64,
+    batch_chunks: HashSet<weft_crypto::ChunkId>,
+    summary: ScanSummary,
+    now: u64,
+}
+
+impl<'a> Writer<'a> {
+    fn txn(&mut self) -> Result<&WriteTransaction> {
+        if self.txn.is_none() {
+            self.txn = Some(self.store.db.begin_write()?);
+        }
+        self.txn
+            .as_ref()
+            .ok_or_else(|| StoreError::decode("scan", "no transaction"))
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if let Some(txn) = self.txn.take() {
+            self.pack.sync()?;
+            txn.commit()?;
+        }
+        self.batch_ops = 0;
+        self.batch_bytes = 0;
+        self.batch_chunks.clear();
+        Ok(())
+    }
+
+    fn maybe_commit(&mut self) -> Result<()> {
+        if self.batch_ops >= BATCH_OPS || self.batch_bytes >= BATCH_BYTES {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Stores a chunk's ciphertext unless the cache has it.
+    fn put_chunk(&mut self, sealed: &SealedChunk) -> Result<()> {
+        if self.batch_chunks.contains(&sealed.id) {
+            return Ok(());
+        }
+        let key = db::chunk_key(&sealed.id);
+        let known = {
+            let t = self.txn()?.open_table(db::CHUNKS)?;
+            t.get(key.as_slice())?.is_some()
+        };
+        if !known {
+            let loc = self.pack.append(&sealed.ciphertext)?;
+            self.txn()?
+                .open_table(db::CHUNKS)?
+                .insert(key.as_slice(), db::enc(&loc).as_slice())?;
+            self.summary.new_chunks += 1;
+            self.summary.new_chunk_bytes += sealed.ciphertext.len() as u64;
+            self.batch_bytes += sealed.ciphertext.len() as u64;
+        }
+        self.batch_chunks.insert(sealed.id);
+        Ok(())
+    }
+
+    /// Appends one entry built by `make_op`, then updates the index with `index`.
+    fn entry(
+        &mut self,
+        make_op: impl FnOnce(&WriteTransaction, u64) -> Result<Op>,
+        index: impl FnOnce(&WriteTransaction, VersionId) -> Result<()>,
+    ) -> Result<()> {
+        let id = self.store.id.clone();
+        let folder = self.folder.id;
+        let keys = self.keys.clone();
+        let now = self.now;
+        let txn = self.txn()?;
+        let applied = append_local(txn, &id, &folder, &keys, now, |seq| make_op(txn, seq))?;
+        let vid = VersionId {
+            author: id.device_id(),
+            seq: applied.versions.first().map(|(v, _)| v.id.seq).unwrap_or(0),
+        };
+        index(txn, vid)?;
+        self.summary.log_entries += 1;
+        self.summary.log_bytes += applied.len as u64;
+        self.batch_ops += 1;
+        self.maybe_commit()
+    }
+}
+
+fn heads_vv_in(
+    txn: &WriteTransaction,
+    folder: &FolderRecord,
+    path: &RelPath,
+) -> Result<crate::model::VersionVector> {
+    let t = txn.open_table(db::HEADS)?;
+    Ok(db::heads_vv(&db::read_heads(&t, &folder.id, path)?))
+}
+
+fn set_index(
+    txn: &WriteTransaction,
+    folder: &FolderRecord,
+    path: &RelPath,
+    row: &IndexRow,
+) -> Result<()> {
+    txn.open_table(db::INDEX)?.insert(
+        db::key_path(&folder.id, path).as_slice(),
+        db::enc(row).as_slice(),
+    )?;
+    Ok(())
+}
+
+fn del_index(txn: &WriteTransaction, folder: &FolderRecord, path: &RelPath) -> Result<()> {
+    txn.open_table(db::INDEX)?
+        .remove(db::key_path(&folder.id, path).as_slice())?;
+    Ok(())
+}
+
+fn manifest_in(
+    txn: &WriteTransaction,
+    folder: &FolderRecord,
+    path: &RelPath,
+    id: &VersionId,
+) -> Result<Manifest> {
+    let t = txn.open_table(db::VERSIONS)?;
+    crate::store::version_manifest(&t, &folder.id, path, id)
+}
+
+impl Store {
+    /// Scans `folder` and records what changed. See the module docs.
+    pub fn scan(&self, folder: &FolderRecord, progress: &dyn Progress) -> Result<ScanSummary> {
+        let started = Instant::now();
+        let root = folder.root_path();
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            _ => return Err(StoreError::RootMissing(root)),
+        }
+        let index = self.index_rows(folder)?;
+        let (gi, mut warnings) = ignore_matcher(&root)?;
+        let w = walk(&root, &gi, &index)?;
+        warnings.extend(w.warnings.iter().cloned());
+        for msg in &warnings {
+            progress.warn(msg);
+        }
+
+        let mut writer = Writer {
+            store: self,
+            folder,
+            keys: self.keys(folder),
+            txn: None,
+            pack: self.cache.writer()?,
+            batch_ops: 0,
+            batch_bytes: 0,
+            batch_chunks: HashSet::new(),
+            summary: ScanSummary {
+                folder: folder.name.clone(),
+                warnings,
+                ..Default::default()
+            },
+            now: now_ms(),
+        };
+
+        // Deleted: indexed, not seen, not under an unreadable directory. Ignored paths
+        // are forgotten locally rather than deleted everywhere.
+        let seen_dirs: HashSet<&RelPath> = w.dirs.iter().collect();
+        let mut deleted_files: BTreeMap<RelPath, IndexRow> = BTreeMap::new();
+        let mut deleted_dirs: Vec<RelPath> = Vec::new();
+        let mut forget: Vec<RelPath> = Vec::new();
+        for (path, row) in &index {
+            let present = match row.kind {
+                IndexKind::File => w.seen_files.contains(path),
+                IndexKind::Dir => seen_dirs.contains(path),
+            };
+            if present || w.unreadable.iter().any(|u| path.starts_with(u)) {
+                continue;
+            }
+            if is_ignored(&gi, &path.to_path(&root), row.kind == IndexKind::Dir) {
+                forget.push(path.clone());
+            } else if row.kind == IndexKind::File {
+                deleted_files.insert(path.clone(), row.clone());
+            } else {
+                deleted_dirs.push(path.clone());
+            }
+        }
+        // A kind change (file ↔ directory) at one path needs no delete: the new
+        // version's vector dominates the old one.
+        deleted_dirs.retain(|p| !w.seen_files.contains(p));
+        deleted_files.retain(|p, _| !seen_dirs.contains(p));
+
+        {
+            let txn = writer.txn()?;
+            for p in &forget {
+                del_index(txn, folder, p)?;
+            }
+        }
+
+        // New directories, parents first (the walk is sorted).
+        for d in &w.dirs {
+            if index.get(d).is_some_and(|r| r.kind == IndexKind::Dir) {
+                continue;
+            }
+            let d = d.clone();
+            writer.entry(
+                |txn, seq| {
+                    let mut vv = heads_vv_in(txn, folder, &d)?;
+                    vv.set(writer_me(self), seq);
+                    Ok(Op::Mkdir {
+                        path: d.clone(),
+                        vv,
+                    })
+                },
+                |txn, vid| {
+                    let m = std::fs::symlink_metadata(d.to_path(&root)).ok();
+                    let st = m.as_ref().map(Stat::of);
+                    set_index(
+                        txn,
+                        folder,
+                        &d,
+                        &IndexRow {
+                            kind: IndexKind::Dir,
+                            size: 0,
+                            mtime_ns: st.map(|s| s.mtime_ns).unwrap_or(0),
+                            inode: st.map(|s| s.inode).unwrap_or(0),
+                            dev: st.map(|s| s.dev).unwrap_or(0),
+                            executable: false,
+                            hash: Hash::ZERO,
+                            version: vid,
+                        },
+                    )
+                },
+            )?;
+            writer.summary.dirs_added += 1;
+        }
+
+        // Executable-bit changes: same chunks, new version, no read.
+        for (path, st) in &w.mode_only {
+            let Some(row) = index.get(path) else { continue };
+            let row = row.clone();
+            let st = *st;
+            writer.entry(
+                |txn, seq| {
+                    let mut m = manifest_in(txn, folder, path, &row.version)?;
+                    m.executable = st.executable;
+                    let base = manifest_in(txn, folder, path, &row.version)?;
+                    let mut vv = heads_vv_in(txn, folder, path)?;
+                    vv.set(writer_me(self), seq);
+                    Ok(Op::Put {
+                        path: path.clone(),
+                        vv,
+                        manifest: WireManifest::encode(&m, Some((path, row.version, &base))),
+                    })
+                },
+                |txn, vid| set_index(txn, folder, path, &st.row(row.hash, vid)),
+            )?;
+            writer.summary.files_changed += 1;
+        }
+
+        // Moves recognised by inode: the file was renamed, not rewritten.
+        let mut by_inode: HashMap<(u64, u64, u64, i64), RelPath> = deleted_files
+            .iter()
+            .map(|(p, r)| ((r.dev, r.inode, r.size, r.mtime_ns), p.clone()))
+            .collect();
+        let mut to_read = Vec::with_capacity(w.to_read.len());
+        for (path, st) in w.to_read {
+            let from = if index.contains_key(&path) {
+                None
+            } else {
+                by_inode.remove(&(st.dev, st.inode, st.size, st.mtime_ns))
+            };
+            match from.and_then(|f| deleted_files.remove(&f).map(|r| (f, r))) {
+                Some((from, row)) => {
+                    writer.record_move(&from, &row, &path, st)?;
+                }
+                None => to_read.push((path, st)),
+            }
+        }
+
+        // Read what is new or changed.
+        let total_bytes: u64 = to_read.iter().map(|(_, s)| s.size).sum();
+        progress.start(to_read.len() as u64, total_bytes);
+        let mut by_hash: HashMap<Hash, Vec<RelPath>> = HashMap::new();
+        for (p, r) in &deleted_files {
+            by_hash.entry(r.hash).or_default().push(p.clone());
+        }
+        self.read_files(
+            &root,
+            &to_read,
+            &index,
+            &mut writer,
+            &mut deleted_files,
+            &mut by_hash,
+            progress,
+        )?;
+
+        // The root must still be there before anything is recorded as deleted.
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            _ => {
+                writer.commit()?;
+                return Err(StoreError::RootMissing(root));
+            }
+        }
+        for (path, _) in deleted_files {
+            writer.entry(
+                |txn, seq| {
+                    let mut vv = heads_vv_in(txn, folder, &path)?;
+                    vv.set(writer_me(self), seq);
+                    Ok(Op::Delete {
+                        path: path.clone(),
+                        vv,
+                    })
+                },
+                |txn, _| del_index(txn, folder, &path),
+            )?;
+            writer.summary.files_deleted += 1;
+        }
+        deleted_dirs.sort_by(|a, b| b.cmp(a)); // children before parents
+        for path in deleted_dirs {
+            writer.entry(
+                |txn, seq| {
+                    let mut vv = heads_vv_in(txn, folder, &path)?;
+                    vv.set(writer_me(self), seq);
+                    Ok(Op::Delete {
+                        path: path.clone(),
+                        vv,
+                    })
+                },
+                |txn, _| del_index(txn, folder, &path),
+            )?;
+            writer.summary.dirs_deleted += 1;
+        }
+
+        // Record the scan time in the last transaction.
+        {
+            let now = writer.now;
+            let txn = writer.txn()?;
+            let mut rec = folder.clone();
+            rec.last_scan_ms = Some(now);
+            txn.open_table(db::FOLDERS)?
+                .insert(rec.id.0.as_slice(), db::enc(&rec).as_slice())?;
+        }
+        writer.commit()?;
+        progress.finish();
+        let mut summary = writer.summary;
+        summary.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(summary)
+    }
+
+    /// The folder's index rows, by path.
+    pub(crate) fn index_rows(&self, folder: &FolderRecord) -> Result<BTreeMap<RelPath, IndexRow>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(db::INDEX)?;
+        let mut out = BTreeMap::new();
+        db::scan_prefix(&t, &folder.id.0, |k, v| {
+            let path = RelPath::new(k[16..].to_vec())?;
+            out.insert(path, db::dec("index row", v)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read_files(
+        &self,
+        root: &Path,
+        to_read: &[(RelPath, Stat)],
+        index: &BTreeMap<RelPath, IndexRow>,
+        writer: &mut Writer<'_>,
+        deleted: &mut BTreeMap<RelPath, IndexRow>,
+        by_hash: &mut HashMap<Hash, Vec<RelPath>>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if to_read.is_empty() {
+            return Ok(());
+        }
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let (job_tx, job_rx) = bounded::<Job>(workers * 4);
+        let (msg_tx, msg_rx) = bounded::<Msg>(256);
+        let secret = *writer.keys.convergence_secret();
+        std::thread::scope(|s| -> Result<()> {
+            for _ in 0..workers {
+                let job_rx = job_rx.clone();
+                let msg_tx = msg_tx.clone();
+                s.spawn(move || seal_worker(&secret, job_rx, msg_tx));
+            }
+            drop(job_rx);
+            {
+                let msg_tx = msg_tx.clone();
+                s.spawn(move || cutter(root, to_read, job_tx, msg_tx));
+            }
+            drop(msg_tx);
+            let res = self.collect(to_read, index, writer, deleted, by_hash, progress, &msg_rx);
+            // On error, hang up so the cutter and workers stop.
+            drop(msg_rx);
+            res
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn collect(
+        &self,
+        to_read: &[(RelPath, Stat)],
+        index: &BTreeMap<RelPath, IndexRow>,
+        writer: &mut Writer<'_>,
+        deleted: &mut BTreeMap<RelPath, IndexRow>,
+        by_hash: &mut HashMap<Hash, Vec<RelPath>>,
+        progress: &dyn Progress,
+        msgs: &Receiver<Msg>,
+    ) -> Result<()> {
+        let mut pending: HashMap<usize, Pending> = HashMap::new();
+        let mut which: HashMap<usize, usize> = HashMap::new();
+        for msg in msgs.iter() {
+            let file_no = match msg {
+                Msg::Chunk { file, idx, sealed } => {
+                    writer.put_chunk(&sealed)?;
+                    progress.advance(u64::from(sealed.len));
+                    let p = pending.entry(file).or_insert_with(|| Pending {
+                        chunks: Vec::new(),
+                        got: 0,
+                        end: None,
+                    });
+                    let i = idx as usize;
+                    if p.chunks.len() <= i {
+                        p.chunks.resize(i + 1, None);
+                    }
+                    p.chunks[i] = Some(ChunkRef {
+                        id: sealed.id,
+                        key: sealed.key,
+                        len: sealed.len,
+                    });
+                    p.got += 1;
+                    file
+                }
+                Msg::End {
+                    file,
+                    item,
+                    attempt,
+                } => {
+                    which.insert(file, item);
+                    pending
+                        .entry(file)
+                        .or_insert_with(|| Pending {
+                            chunks: Vec::new(),
+                            got: 0,
+                            end: None,
+                        })
+                        .end = Some(attempt);
+                    file
+                }
+            };
+            let done = pending.get(&file_no).is_some_and(|p| match &p.end {
+                Some(FileAttempt::Stable { chunks, .. }) => p.got == *chunks,
+                Some(_) => true,
+                None => false,
+            });
+            if !done {
+                continue;
+            }
+            let Some(p) = pending.remove(&file_no) else {
+                continue;
+            };
+            let Some(i) = which.remove(&file_no) else {
+                return Err(StoreError::decode("scan", "attempt without a file"));
+            };
+            let (path, _) = &to_read[i];
+            match p.end {
+                Some(FileAttempt::Stable { stat, bytes, .. }) => {
+                    writer.summary.bytes_read += bytes;
+                    let chunks: Vec<ChunkRef> = p.chunks.into_iter().flatten().collect();
+                    let m = Manifest {
+                        size: stat.size,
+                        mtime_ns: stat.mtime_ns,
+                        executable: stat.executable,
+                        hash: Manifest::content_hash(&chunks),
+                        chunks,
+                    };
+                    writer.record_file(path, stat, m, index.get(path), deleted, by_hash)?;
+                }
+                Some(FileAttempt::Unstable { warn: Some(w) })
+                | Some(FileAttempt::Failed { warn: w }) => {
+                    progress.warn(&w);
+                    writer.summary.warnings.push(w);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn writer_me(store: &Store) -> weft_crypto::DeviceId {
+    store.id.device_id()
+}
+
+fn seal_worker(secret: &[u8; 32], jobs: Receiver<Job>, out: Sender<Msg>) {
+    for job in jobs.iter() {
+        let sealed = SealedChunk::seal(secret, &job.data);
+        if out
+            .send(Msg::Chunk {
+                file: job.file,
+                idx: job.idx,
+                sealed,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn cutter(root: &Path, to_read: &[(RelPath, Stat)], jobs: Sender<Job>, out: Sender<Msg>) {
+    let mut attempt_no = 0usize;
+    for (i, (path, _)) in to_read.iter().enumerate() {
+        let full = path.to_path(root);
+        for n in 1..=MAX_ATTEMPTS {
+            let file_no = attempt_no;
+            attempt_no += 1;
+            let Ok(mut attempt) = cut_file(&full, file_no, &jobs) else {
+                return;
+            };
+            let retry = matches!(attempt, FileAttempt::Unstable { .. }) && n < MAX_ATTEMPTS;
+            if let FileAttempt::Unstable { warn } = &mut attempt
+                && !retry
+            {
+                *warn = Some(format!(
+                    "{path}: kept changing while being read; skipped, the next scan retries"
+                ));
+            }
+            if out
+                .send(Msg::End {
+                    file: file_no,
+                    item: i,
+                    attempt,
+                })
+                .is_err()
+            {
+                return;
+            }
+            if !retry {
+                break;
+            }
+        }
+    }
+}
+
+impl Writer<'_> {
+    fn record_move(
+        &mut self,
+        from: &RelPath,
+        row: &IndexRow,
+        to: &RelPath,
+        st: Stat,
+    ) -> Result<()> {
+        let folder = self.folder;
+        let me = self.store.id.device_id();
+        let (from, to, row) = (from.clone(), to.clone(), row.clone());
+        self.entry(
+            |txn, seq| {
+                let base = manifest_in(txn, folder, &from, &row.version)?;
+                let mut m = base.clone();
+                m.mtime_ns = st.mtime_ns;
+                m.executable = st.executable;
+                let mut from_vv = heads_vv_in(txn, folder, &from)?;
+                from_vv.set(me, seq);
+                let mut to_vv = heads_vv_in(txn, folder, &to)?;
+                to_vv.set(me, seq);
+                Ok(Op::Move {
+                    from: from.clone(),
+                    from_vv,
+                    to: to.clone(),
+                    to_vv,
+                    manifest: WireManifest::encode(&m, Some((&from, row.version, &base))),
+                })
+            },
+            |txn, vid| {
+                del_index(txn, folder, &from)?;
+                set_index(txn, folder, &to, &st.row(row.hash, vid))
+            },
+        )?;
+        self.summary.files_moved += 1;
+        Ok(())
+    }
+
+    fn record_file(
+        &mut self,
+        path: &RelPath,
+        st: Stat,
+        m: Manifest,
+        old: Option<&IndexRow>,
+        deleted: &mut BTreeMap<RelPath, IndexRow>,
+        by_hash: &mut HashMap<Hash, Vec<RelPath>>,
+    ) -> Result<()> {
+        let folder = self.folder;
+        let me = self.store.id.device_id();
+        if let Some(old) = old.filter(|o| o.kind == IndexKind::File) {
+            if old.hash == m.hash && old.executable == m.executable {
+                // Touched, not changed: refresh the index row only.
+                let row = st.row(m.hash, old.version);
+                let txn = self.txn()?;
+                set_index(txn, folder, path, &row)?;
+                return Ok(());
+            }
+            let old = old.clone();
+            self.entry(
+                |txn, seq| {
+                    let base = manifest_in(txn, folder, path, &old.version).ok();
+                    let mut vv = heads_vv_in(txn, folder, path)?;
+                    vv.set(me, seq);
+                    Ok(Op::Put {
+                        path: path.clone(),
+                        vv,
+                        manifest: WireManifest::encode(
+                            &m,
+                            base.as_ref().map(|b| (path, old.version, b)),
+                        ),
+                    })
+                },
+                |txn, vid| set_index(txn, folder, path, &st.row(m.hash, vid)),
+            )?;
+            self.summary.files_changed += 1;
+            return Ok(());
+        }
+        // New here: the content of a deleted file means a move.
+        let from = by_hash.get_mut(&m.hash).and_then(|v| {
+            let i = v.iter().position(|p| deleted.contains_key(p))?;
+            Some(v.swap_remove(i))
+        });
+        if let Some(from) = from
+            && let Some(row) = deleted.remove(&from)
+        {
+            return self.record_move(&from, &row, path, st);
+        }
+        self.entry(
+            |txn, seq| {
+                let mut vv = heads_vv_in(txn, folder, path)?;
+                vv.set(me, seq);
+                Ok(Op::Put {
+                    path: path.clone(),
+                    vv,
+                    manifest: WireManifest::Full(m.clone()),
+                })
+            },
+            |txn, vid| set_index(txn, folder, path, &st.row(m.hash, vid)),
+        )?;
+        self.summary.files_added += 1;
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn version_record(
+    txn: &WriteTransaction,
+    folder: &FolderRecord,
+    path: &RelPath,
+    id: &VersionId,
+) -> Result<Option<VersionRecord>> {
+    let t = txn.open_table(db::VERSIONS)?;
+    let v = t.get(db::key_version(&folder.id, path, id).as_slice())?;
+    v.map(|v| db::dec("version", v.value())).transpose()
+}
