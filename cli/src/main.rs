@@ -78,7 +78,7 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum FolderCmd {
-    /// Register a directory as a folder and index it.
+    /// Register a directory as a folder and index it (initializing the device if needed).
     Add {
         /// The directory.
         path: PathBuf,
@@ -177,6 +177,17 @@ fn run(cli: Cli) -> Result<i32> {
             name,
             no_scan,
         }) => {
+            if !home.is_initialized() {
+                let (id, _) = home.init(&default_device_name(), now_ms())?;
+                if !json {
+                    println!(
+                        "Initialized weft in {} (device {}, person {})",
+                        home.root().display(),
+                        id.device_id(),
+                        id.person_id()
+                    );
+                }
+            }
             let store = open(&home)?;
             let rec = store.add_folder(&path, name.as_deref())?;
             let summary = if no_scan {
