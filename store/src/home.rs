@@ -44,7 +44,7 @@ impl Identity {
 }
 
 /// Settings read from `config.toml`; every field has a default.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Version history settings.
@@ -62,14 +62,6 @@ pub struct HistoryConfig {
 impl Default for HistoryConfig {
     fn default() -> Self {
         HistoryConfig { retention_days: 30 }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            history: HistoryConfig::default(),
-        }
     }
 }
 

@@ -500,3 +500,142 @@ pub fn check_chain(entry: &Entry, tip: Option<(u64, Hash)>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_crypto::{ChunkId, ChunkKey, FolderSecret};
+
+    fn chunk(n: u8, len: u32) -> ChunkRef {
+        ChunkRef {
+            id: ChunkId(Hash([n; 32])),
+            key: ChunkKey([n.wrapping_add(100); 32]),
+            len,
+        }
+    }
+
+    fn manifest(chunks: Vec<ChunkRef>) -> Manifest {
+        Manifest {
+            size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+            mtime_ns: 7,
+            executable: false,
+            hash: Manifest::content_hash(&chunks),
+            chunks,
+        }
+    }
+
+    fn setup() -> (SecretKey, FolderKeys, EntryHeader, Op) {
+        let dev = SecretKey::from_seed(&[1; 32]);
+        let folder = FolderId([2; 16]);
+        let keys = FolderSecret {
+            epoch: 0,
+            bytes: [3; 32],
+        }
+        .keys(&folder);
+        let author = weft_crypto::DeviceId(dev.public());
+        let mut vv = VersionVector::new();
+        vv.set(author, 1);
+        let header = EntryHeader {
+            format: FORMAT,
+            folder,
+            author,
+            seq: 1,
+            prev: Hash::ZERO,
+            kind: EntryKind::Change,
+            epoch: 0,
+            time_ms: 1000,
+        };
+        let op = Op::Put {
+            path: RelPath::new("a/b.txt").unwrap(),
+            vv,
+            manifest: WireManifest::Full(manifest(vec![chunk(1, 10)])),
+        };
+        (dev, keys, header, op)
+    }
+
+    #[test]
+    fn entry_round_trip_and_chain() {
+        let (dev, keys, header, op) = setup();
+        let e = Entry::new_change(header, &op, &keys, &dev);
+        let d = Entry::decode(&e.encode()).unwrap();
+        assert_eq!(d, e);
+        d.verify_signature().unwrap();
+        assert_eq!(d.open_change(&keys).unwrap(), op);
+        check_chain(&d, None).unwrap();
+        assert!(
+            check_chain(&d, Some((1, e.hash()))).is_err(),
+            "a replayed entry is refused"
+        );
+        assert!(check_chain(&d, Some((0, Hash([9; 32])))).is_err());
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let (dev, keys, header, op) = setup();
+        let bytes = Entry::new_change(header, &op, &keys, &dev).encode();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            let accepted = Entry::decode(&b)
+                .and_then(|e| e.verify_signature().map(|_| e))
+                .and_then(|e| e.open_change(&keys));
+            assert!(accepted.is_err(), "flipping byte {i} was accepted");
+        }
+    }
+
+    #[test]
+    fn wrong_key_or_folder_is_rejected() {
+        let (dev, keys, header, op) = setup();
+        let e = Entry::new_change(header, &op, &keys, &dev);
+        let other = FolderSecret {
+            epoch: 0,
+            bytes: [4; 32],
+        }
+        .keys(&e.header.folder);
+        assert!(e.open_change(&other).is_err());
+        let other_folder = FolderSecret {
+            epoch: 0,
+            bytes: [3; 32],
+        }
+        .keys(&FolderId([5; 16]));
+        assert!(e.open_change(&other_folder).is_err());
+        assert!(Entry::decode(&vec![0u8; MAX_ENTRY_LEN + 1]).is_err());
+        assert!(Entry::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn delta_keeps_unchanged_chunks() {
+        let old = manifest((0..100).map(|i| chunk(i, 1000)).collect());
+        let mut new_chunks: Vec<ChunkRef> = (0..100).map(|i| chunk(i, 1000)).collect();
+        new_chunks[50] = chunk(200, 1000);
+        new_chunks.insert(0, chunk(201, 10));
+        let new = manifest(new_chunks);
+        let p = RelPath::new("f").unwrap();
+        let id = VersionId {
+            author: weft_crypto::DeviceId(SecretKey::from_seed(&[1; 32]).public()),
+            seq: 3,
+        };
+        let w = WireManifest::encode(&new, Some((&p, id, &old)));
+        let WireManifest::Delta { edits, .. } = &w else {
+            panic!("expected a delta")
+        };
+        assert!(edits.len() <= 5, "{edits:?}");
+        assert!(crate::db::enc(&w).len() < 400);
+        assert_eq!(w.resolve(|_, _| Ok(old.clone())).unwrap(), new);
+        // A delta against the wrong base, or a forged one, does not resolve.
+        let other = manifest((0..100).map(|i| chunk(i, 999)).collect());
+        assert!(w.resolve(|_, _| Ok(other.clone())).is_err());
+        let short = manifest((0..10).map(|i| chunk(i, 1000)).collect());
+        assert!(w.resolve(|_, _| Ok(short.clone())).is_err());
+    }
+
+    #[test]
+    fn op_vv_must_carry_the_entry_seq() {
+        let (_, _, header, op) = setup();
+        let id = VersionId {
+            author: header.author,
+            seq: 2,
+        };
+        assert!(op.versions(id, |_, _| unreachable!()).is_err());
+    }
+}
