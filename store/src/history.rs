@@ -341,11 +341,11 @@ impl Store {
             };
             let mut vv = db::heads_vv(&heads);
             vv.set(me, seq);
-            Ok(Op::Put {
+            Ok(vec![Op::Put {
                 path: path.clone(),
                 vv,
                 manifest: WireManifest::encode(&m, Some((path, from, restored))),
-            })
+            }])
         })?;
         let vid = applied
             .versions
@@ -380,7 +380,7 @@ impl Store {
         let mut out = Vec::new();
         db::scan_prefix(&log, &folder.id.0, |_, v| {
             let e = Entry::decode(v)?;
-            let op = e.open_change(&keys)?;
+            let ops = e.open_change(&keys)?;
             let author = e.header.author;
             let name = match names.get(&author) {
                 Some(n) => n.clone(),
@@ -393,26 +393,28 @@ impl Store {
                     n
                 }
             };
-            let (path, to) = match &op {
-                Op::Move { from, to, .. } => (from.to_string(), Some(to.to_string())),
-                other => (
-                    other
-                        .paths()
-                        .first()
-                        .map(|p| p.to_string())
-                        .unwrap_or_default(),
-                    None,
-                ),
-            };
-            out.push(LogItem {
-                author: author.to_string(),
-                author_name: name,
-                seq: e.header.seq,
-                time_ms: e.header.time_ms,
-                op: op.name(),
-                path,
-                to,
-            });
+            for op in &ops {
+                let (path, to) = match op {
+                    Op::Move { from, to, .. } => (from.to_string(), Some(to.to_string())),
+                    other => (
+                        other
+                            .paths()
+                            .first()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default(),
+                        None,
+                    ),
+                };
+                out.push(LogItem {
+                    author: author.to_string(),
+                    author_name: name.clone(),
+                    seq: e.header.seq,
+                    time_ms: e.header.time_ms,
+                    op: op.name(),
+                    path,
+                    to,
+                });
+            }
             Ok(())
         })?;
         out.sort_by(|a, b| (a.time_ms, &a.author, a.seq).cmp(&(b.time_ms, &b.author, b.seq)));

@@ -143,6 +143,20 @@ pub enum DeltaEdit {
 }
 
 impl WireManifest {
+    /// How many chunk references it carries (a size measure for batching).
+    pub fn chunk_count(&self) -> usize {
+        match self {
+            WireManifest::Full(m) => m.chunks.len(),
+            WireManifest::Delta { edits, .. } => edits
+                .iter()
+                .map(|e| match e {
+                    DeltaEdit::Insert(v) => v.len(),
+                    DeltaEdit::Keep { .. } => 1,
+                })
+                .sum(),
+        }
+    }
+
     /// Encodes `new` as a delta against `base` when that is smaller than the whole list.
     /// The delta keeps the longest common prefix and suffix of the chunk lists and
     /// re-uses any base chunk in between by position: a local edit costs a handful of
@@ -372,12 +386,17 @@ impl Op {
     }
 }
 
-/// The plaintext of a [`EntryKind::Change`] body.
+/// The plaintext of a [`EntryKind::Change`] body: one or more operations on distinct
+/// paths, applied atomically. Batching many operations into one entry (a scan's new
+/// files, a `git checkout`) costs one signature and one header instead of one each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeBody {
-    /// The operation.
-    pub op: Op,
+    /// The operations; no path appears twice.
+    pub ops: Vec<Op>,
 }
+
+/// The most operations one entry carries.
+pub const MAX_OPS_PER_ENTRY: usize = 1024;
 
 fn header_bytes(h: &EntryHeader) -> Vec<u8> {
     crate::db::enc(h)
@@ -395,12 +414,12 @@ impl Entry {
     /// Writes and signs a change entry.
     pub fn new_change(
         header: EntryHeader,
-        op: &Op,
+        ops: &[Op],
         keys: &FolderKeys,
         device: &SecretKey,
     ) -> Entry {
         let hb = header_bytes(&header);
-        let plain = crate::db::enc(&ChangeBody { op: op.clone() });
+        let plain = crate::db::enc(&ChangeBody { ops: ops.to_vec() });
         let body = keys.seal_metadata(&hb, &plain);
         let signature = device.sign(SIG_CONTEXT, &signed_bytes(&hb, &body));
         Entry {
@@ -452,7 +471,7 @@ impl Entry {
     }
 
     /// Opens the body of a change entry.
-    pub fn open_change(&self, keys: &FolderKeys) -> Result<Op> {
+    pub fn open_change(&self, keys: &FolderKeys) -> Result<Vec<Op>> {
         if self.header.kind != EntryKind::Change {
             return Err(self.reject("not a change entry".into()));
         }
@@ -464,7 +483,16 @@ impl Entry {
             .map_err(|e| self.reject(e.to_string()))?;
         let body: ChangeBody = postcard::from_bytes(&plain)
             .map_err(|e| self.reject(format!("malformed body: {e}")))?;
-        Ok(body.op)
+        if body.ops.is_empty() || body.ops.len() > MAX_OPS_PER_ENTRY {
+            return Err(self.reject(format!("{} operations in one entry", body.ops.len())));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in body.ops.iter().flat_map(Op::paths) {
+            if !seen.insert(p) {
+                return Err(self.reject(format!("path {p} appears twice in one entry")));
+            }
+        }
+        Ok(body.ops)
     }
 
     /// The version id the entry's operation creates.
@@ -556,11 +584,11 @@ mod tests {
     #[test]
     fn entry_round_trip_and_chain() {
         let (dev, keys, header, op) = setup();
-        let e = Entry::new_change(header, &op, &keys, &dev);
+        let e = Entry::new_change(header, std::slice::from_ref(&op), &keys, &dev);
         let d = Entry::decode(&e.encode()).unwrap();
         assert_eq!(d, e);
         d.verify_signature().unwrap();
-        assert_eq!(d.open_change(&keys).unwrap(), op);
+        assert_eq!(d.open_change(&keys).unwrap(), vec![op]);
         check_chain(&d, None).unwrap();
         assert!(
             check_chain(&d, Some((1, e.hash()))).is_err(),
@@ -572,7 +600,7 @@ mod tests {
     #[test]
     fn every_flipped_bit_is_rejected() {
         let (dev, keys, header, op) = setup();
-        let bytes = Entry::new_change(header, &op, &keys, &dev).encode();
+        let bytes = Entry::new_change(header, std::slice::from_ref(&op), &keys, &dev).encode();
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x10;
@@ -586,7 +614,7 @@ mod tests {
     #[test]
     fn wrong_key_or_folder_is_rejected() {
         let (dev, keys, header, op) = setup();
-        let e = Entry::new_change(header, &op, &keys, &dev);
+        let e = Entry::new_change(header, std::slice::from_ref(&op), &keys, &dev);
         let other = FolderSecret {
             epoch: 0,
             bytes: [4; 32],

@@ -306,6 +306,7 @@ enum FileAttempt {
 
 /// Reads and cuts one file, sending its chunks; returns how the attempt went.
 fn cut_file(
+    buf: &mut crate::chunker::Buffer,
     path: &Path,
     file_no: usize,
     jobs: &Sender<Job>,
@@ -328,7 +329,7 @@ fn cut_file(
     };
     let mut idx = 0u32;
     let mut hung_up = false;
-    let res = crate::chunker::cut::<_, std::io::Error>(&f, |c| {
+    let res = crate::chunker::cut_with::<_, std::io::Error>(buf, &f, |c| {
         let job = Job {
             file: file_no,
             idx,
@@ -382,6 +383,7 @@ struct Writer<'a> {
     batch_chunks: HashSet<weft_crypto::ChunkId>,
     summary: ScanSummary,
     now: u64,
+    open: Option<OpenEntry>,
 }
 
 impl<'a> Writer<'a> {
@@ -395,8 +397,12 @@ impl<'a> Writer<'a> {
     }
 
     fn commit(&mut self) -> Result<()> {
+        self.close_entry()?;
         if let Some(txn) = self.txn.take() {
-            self.pack.sync()?;
+            // The pack's bytes are written (in the page cache, which survives a killed
+            // process) before the commit that references them; they are not fsynced
+            // here: see `cache` on why the cache trades power-loss durability for speed.
+            self.pack.flush()?;
             txn.commit()?;
         }
         self.batch_ops = 0;
@@ -435,29 +441,87 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// Appends one entry built by `make_op`, then updates the index with `index`.
+    /// Adds one operation built by `make_op` to the open entry (opening one if needed),
+    /// then updates the index with `index`. An entry is closed — signed and stored —
+    /// when it would name a path twice, when it is full, and before every commit.
     fn entry(
         &mut self,
+        paths: &[&RelPath],
         make_op: impl FnOnce(&WriteTransaction, u64) -> Result<Op>,
         index: impl FnOnce(&WriteTransaction, VersionId) -> Result<()>,
     ) -> Result<()> {
+        let full = self.open.as_ref().is_some_and(|o| {
+            o.ops.len() >= crate::log::MAX_OPS_PER_ENTRY
+                || o.chunks >= ENTRY_CHUNKS
+                || paths.iter().any(|p| o.paths.contains(*p))
+        });
+        if full {
+            self.close_entry()?;
+        }
+        let me = self.store.id.device_id();
+        let folder = self.folder.id;
+        if self.open.is_none() {
+            let seq = crate::store::next_seq(self.txn()?, &folder, &me)?;
+            self.open = Some(OpenEntry {
+                seq,
+                ops: Vec::new(),
+                paths: HashSet::new(),
+                chunks: 0,
+            });
+        }
+        let seq = self.open.as_ref().map(|o| o.seq).unwrap_or(0);
+        let txn = self.txn()?;
+        let op = make_op(txn, seq)?;
+        index(txn, VersionId { author: me, seq })?;
+        let chunks = match &op {
+            Op::Put { manifest, .. } | Op::Move { manifest, .. } => manifest.chunk_count(),
+            _ => 0,
+        };
+        if let Some(o) = self.open.as_mut() {
+            o.ops.push(op);
+            o.paths.extend(paths.iter().map(|p| (*p).clone()));
+            o.chunks += chunks;
+        }
+        self.batch_ops += 1;
+        self.maybe_commit()
+    }
+
+    /// Signs and stores the open entry, if any.
+    fn close_entry(&mut self) -> Result<()> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
         let id = self.store.id.clone();
         let folder = self.folder.id;
         let keys = self.keys.clone();
         let now = self.now;
         let txn = self.txn()?;
-        let applied = append_local(txn, &id, &folder, &keys, now, |seq| make_op(txn, seq))?;
-        let vid = VersionId {
-            author: id.device_id(),
-            seq: applied.versions.first().map(|(v, _)| v.id.seq).unwrap_or(0),
-        };
-        index(txn, vid)?;
+        let applied = append_local(txn, &id, &folder, &keys, now, |seq| {
+            if seq != open.seq {
+                return Err(StoreError::decode(
+                    "scan",
+                    "sequence moved under an open entry",
+                ));
+            }
+            Ok(open.ops)
+        })?;
         self.summary.log_entries += 1;
         self.summary.log_bytes += applied.len as u64;
-        self.batch_ops += 1;
-        self.maybe_commit()
+        Ok(())
     }
 }
+
+/// Operations gathered for the next entry.
+struct OpenEntry {
+    seq: u64,
+    ops: Vec<Op>,
+    paths: HashSet<RelPath>,
+    chunks: usize,
+}
+
+/// An entry is closed once its manifests list this many chunks (keeps entries well
+/// under [`crate::log::MAX_ENTRY_LEN`]).
+const ENTRY_CHUNKS: usize = 65_536;
 
 fn heads_vv_in(
     txn: &WriteTransaction,
@@ -529,6 +593,7 @@ impl Store {
                 ..Default::default()
             },
             now: now_ms(),
+            open: None,
         };
 
         // Deleted: indexed, not seen, not under an unreadable directory. Ignored paths
@@ -572,6 +637,7 @@ impl Store {
             }
             let d = d.clone();
             writer.entry(
+                &[&d],
                 |txn, seq| {
                     let mut vv = heads_vv_in(txn, folder, &d)?;
                     vv.set(writer_me(self), seq);
@@ -609,6 +675,7 @@ impl Store {
             let row = row.clone();
             let st = *st;
             writer.entry(
+                &[path],
                 |txn, seq| {
                     let mut m = manifest_in(txn, folder, path, &row.version)?;
                     m.executable = st.executable;
@@ -673,6 +740,7 @@ impl Store {
         }
         for (path, _) in deleted_files {
             writer.entry(
+                &[&path],
                 |txn, seq| {
                     let mut vv = heads_vv_in(txn, folder, &path)?;
                     vv.set(writer_me(self), seq);
@@ -688,6 +756,7 @@ impl Store {
         deleted_dirs.sort_by(|a, b| b.cmp(a)); // children before parents
         for path in deleted_dirs {
             writer.entry(
+                &[&path],
                 |txn, seq| {
                     let mut vv = heads_vv_in(txn, folder, &path)?;
                     vv.set(writer_me(self), seq);
@@ -883,12 +952,13 @@ fn seal_worker(secret: &[u8; 32], jobs: Receiver<Job>, out: Sender<Msg>) {
 
 fn cutter(root: &Path, to_read: &[(RelPath, Stat)], jobs: Sender<Job>, out: Sender<Msg>) {
     let mut attempt_no = 0usize;
+    let mut buf = crate::chunker::Buffer::new();
     for (i, (path, _)) in to_read.iter().enumerate() {
         let full = path.to_path(root);
         for n in 1..=MAX_ATTEMPTS {
             let file_no = attempt_no;
             attempt_no += 1;
-            let Ok(mut attempt) = cut_file(&full, file_no, &jobs) else {
+            let Ok(mut attempt) = cut_file(&mut buf, &full, file_no, &jobs) else {
                 return;
             };
             let retry = matches!(attempt, FileAttempt::Unstable { .. }) && n < MAX_ATTEMPTS;
@@ -928,6 +998,7 @@ impl Writer<'_> {
         let me = self.store.id.device_id();
         let (from, to, row) = (from.clone(), to.clone(), row.clone());
         self.entry(
+            &[&from, &to],
             |txn, seq| {
                 let base = manifest_in(txn, folder, &from, &row.version)?;
                 let mut m = base.clone();
@@ -975,6 +1046,7 @@ impl Writer<'_> {
             }
             let old = old.clone();
             self.entry(
+                &[path],
                 |txn, seq| {
                     let base = manifest_in(txn, folder, path, &old.version).ok();
                     let mut vv = heads_vv_in(txn, folder, path)?;
@@ -1004,6 +1076,7 @@ impl Writer<'_> {
             return self.record_move(&from, &row, path, st);
         }
         self.entry(
+            &[path],
             |txn, seq| {
                 let mut vv = heads_vv_in(txn, folder, path)?;
                 vv.set(me, seq);

@@ -329,21 +329,26 @@ pub struct EntryApplied {
     pub versions: Vec<(Version, Applied)>,
 }
 
-/// Appends a new local entry to `folder`'s log inside `txn`. `make_op` receives the
-/// entry's sequence number (every new version's vector carries it) and the versions
-/// table, to build the operation.
+/// The sequence number this device's next entry in `folder` gets.
+pub(crate) fn next_seq(txn: &WriteTransaction, folder: &FolderId, me: &DeviceId) -> Result<u64> {
+    Ok(read_tip(txn, folder, me)?.map(|t| t.seq + 1).unwrap_or(1))
+}
+
+/// Appends a new local entry to `folder`'s log inside `txn`. `make_ops` receives the
+/// entry's sequence number (every new version's vector carries it) to build the
+/// operations, which must name distinct paths.
 pub(crate) fn append_local(
     txn: &WriteTransaction,
     id: &Identity,
     folder: &FolderId,
     keys: &FolderKeys,
     now: u64,
-    make_op: impl FnOnce(u64) -> Result<Op>,
+    make_ops: impl FnOnce(u64) -> Result<Vec<Op>>,
 ) -> Result<EntryApplied> {
     let me = id.device_id();
     let tip = read_tip(txn, folder, &me)?;
     let seq = tip.map(|t| t.seq + 1).unwrap_or(1);
-    let op = make_op(seq)?;
+    let ops = make_ops(seq)?;
     let header = EntryHeader {
         format: crate::log::FORMAT,
         folder: *folder,
@@ -354,8 +359,8 @@ pub(crate) fn append_local(
         epoch: keys.epoch(),
         time_ms: now,
     };
-    let entry = Entry::new_change(header, &op, keys, &id.device);
-    store_entry(txn, &entry, &op, now)
+    let entry = Entry::new_change(header, &ops, keys, &id.device);
+    store_entry(txn, &entry, &ops, now)
 }
 
 /// Verifies a received entry (signature, certified author, chain, body) and applies it.
@@ -377,8 +382,8 @@ pub fn accept_entry(
     }
     let tip = read_tip(txn, &entry.header.folder, &entry.header.author)?;
     check_chain(entry, tip.map(|t| (t.seq, t.hash)))?;
-    let op = entry.open_change(keys)?;
-    store_entry(txn, entry, &op, now)
+    let ops = entry.open_change(keys)?;
+    store_entry(txn, entry, &ops, now)
 }
 
 fn read_tip(
@@ -391,16 +396,24 @@ fn read_tip(
     v.map(|v| db::dec("chain tip", v.value())).transpose()
 }
 
-/// Stores an entry and merges the versions its operation creates.
-fn store_entry(txn: &WriteTransaction, entry: &Entry, op: &Op, now: u64) -> Result<EntryApplied> {
+/// Stores an entry and merges the versions its operations create.
+fn store_entry(
+    txn: &WriteTransaction,
+    entry: &Entry,
+    ops: &[Op],
+    now: u64,
+) -> Result<EntryApplied> {
     let folder = entry.header.folder;
     let vid = entry.version_id();
     let encoded = entry.encode();
     let hash = Hash::of(&encoded);
     let mut versions_t = txn.open_table(db::VERSIONS)?;
-    let created = op.versions(vid, |p, base| {
-        version_manifest(&versions_t, &folder, p, base)
-    })?;
+    let mut created = Vec::new();
+    for op in ops {
+        created.extend(op.versions(vid, |p, base| {
+            version_manifest(&versions_t, &folder, p, base)
+        })?);
+    }
     let mut heads_t = txn.open_table(db::HEADS)?;
     let mut out = Vec::new();
     for (v, manifest) in created {

@@ -106,8 +106,8 @@ impl Store {
                 }
                 last.insert(e.header.author, (e.header.seq, e.hash()));
                 match e.open_change(&keys) {
-                    Ok(op) => {
-                        for p in op.paths() {
+                    Ok(ops) => {
+                        for p in ops.iter().flat_map(|op| op.paths()) {
                             let k = db::key_version(&folder.id, p, &e.version_id());
                             if versions.get(k.as_slice())?.is_none() {
                                 problem(
