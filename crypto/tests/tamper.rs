@@ -316,11 +316,14 @@ fn certificate_truncated_extended_or_non_canonical_is_rejected() {
     assert!(DeviceCertificate::from_bytes(&overlong).is_err());
 }
 
+/// One change to a certificate's body.
+type Edit = Box<dyn Fn(&mut CertificateBody)>;
+
 #[test]
 fn certificate_with_changed_content_does_not_verify() {
     let (person, cert) = sample_cert();
     let other = SecretKey::generate();
-    let mut edits: Vec<Box<dyn Fn(&mut CertificateBody)>> = vec![
+    let mut edits: Vec<Edit> = vec![
         Box::new(|b| b.name.push('!')),
         Box::new(|b| b.name = "phone".into()),
         Box::new(|b| b.issued_at_ms += 1),
