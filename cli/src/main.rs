@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use weft_node::control::{ControlRequest, ControlResponse};
 use weft_store::scan::{Progress, ScanSummary};
 use weft_store::store::{now_ms, resolve_home};
 use weft_store::{Home, Store};
@@ -74,6 +75,38 @@ enum Cmd {
         /// Folder name, id or path.
         folder: Option<String>,
     },
+    /// Run the node in the foreground: sync every folder with this person's other
+    /// devices until Ctrl-C. With PATH, first set up the device and that folder.
+    Up {
+        /// A folder to sync (initializes the device and adds the folder if needed).
+        path: Option<PathBuf>,
+        /// Address to listen on (repeatable). Default: QUIC and TCP on all interfaces, random ports.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// A peer address to dial at start (repeatable).
+        #[arg(long)]
+        peer: Vec<String>,
+        /// Do not discover devices on the LAN with mDNS.
+        #[arg(long)]
+        no_mdns: bool,
+    },
+    /// Print a one-time pairing code for a new device (needs `weft up` running).
+    Invite,
+    /// Pair this device with another device of yours, using a code from `weft invite`.
+    Join {
+        /// The pairing code.
+        code: String,
+        /// Where to put the folders (default: the current directory).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// A name for this device.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show connected devices and each folder's sync state (needs `weft up` running).
+    Status,
+    /// List conflict copies.
+    Conflicts,
 }
 
 #[derive(Subcommand)]
@@ -94,11 +127,19 @@ enum FolderCmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let default_filter = if matches!(cli.cmd, Cmd::Up { .. }) {
+        "weft_node=info,weft_store=warn,warn"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -122,7 +163,22 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn open(home: &Home) -> Result<Store> {
+    if home.is_initialized()
+        && std::os::unix::net::UnixStream::connect(weft_node::control::socket_path(home)).is_ok()
+    {
+        bail!(
+            "the weft node is running for {} (`weft up`): stop it first; this command works on a stopped node for now",
+            home.root().display()
+        );
+    }
     Store::open(home).with_context(|| format!("cannot open weft home {}", home.root().display()))
+}
+
+fn control(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
+    match weft_node::control::request(home, &req)? {
+        ControlResponse::Error { message } => bail!("{message}"),
+        other => Ok(other),
+    }
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -407,7 +463,201 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
+        Cmd::Up {
+            path,
+            listen,
+            peer,
+            no_mdns,
+        } => return up(&home, path, listen, peer, no_mdns, json),
+        Cmd::Invite => {
+            let ControlResponse::Invite { code, expires_ms } =
+                control(&home, ControlRequest::Invite)?
+            else {
+                bail!("unexpected answer from the node");
+            };
+            if json {
+                print_json(&serde_json::json!({"code": code, "expires_ms": expires_ms}))?;
+            } else {
+                println!(
+                    "On the new device, run (valid until {} UTC, once):",
+                    when(expires_ms)
+                );
+                println!("  weft join <code>");
+                println!("{code}");
+            }
+        }
+        Cmd::Join { code, path, name } => {
+            let dir = match path {
+                Some(p) => p,
+                None => std::env::current_dir()?,
+            };
+            let name = name.unwrap_or_else(default_device_name);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let joined = rt.block_on(weft_node::join::join(&home, &code, &dir, &name))?;
+            if json {
+                print_json(&joined)?;
+            } else {
+                println!(
+                    "Paired: this device ({}) is now one of person {}.",
+                    joined.device, joined.person
+                );
+                for (name, path) in &joined.folders {
+                    println!("  folder {name:?} at {}", path.display());
+                }
+                println!("Start syncing with `weft up`.");
+            }
+        }
+        Cmd::Status => {
+            let ControlResponse::Status {
+                device,
+                listen,
+                peers,
+                folders,
+                bytes_received,
+                bytes_sent,
+            } = control(&home, ControlRequest::Status)?
+            else {
+                bail!("unexpected answer from the node");
+            };
+            if json {
+                print_json(&serde_json::json!({
+                    "device": device, "listen": listen, "peers": peers, "folders": folders,
+                    "bytes_received": bytes_received, "bytes_sent": bytes_sent,
+                }))?;
+            } else {
+                println!("device {device}");
+                for a in &listen {
+                    println!("  listening on {a}");
+                }
+                if peers.is_empty() {
+                    println!("no devices connected");
+                }
+                for p in &peers {
+                    println!(
+                        "peer {} ({}) {} via {}{}",
+                        p.name.as_deref().unwrap_or("?"),
+                        p.id,
+                        p.connection,
+                        p.address.as_deref().unwrap_or("?"),
+                        p.latency_ms
+                            .map(|l| format!(", {l:.1} ms"))
+                            .unwrap_or_default()
+                    );
+                }
+                for f in &folders {
+                    let mut line = format!("folder {}: {}", f.name, f.state);
+                    if f.files_to_go > 0 {
+                        line += &format!(
+                            ", {} files ({}) to go at {}/s",
+                            f.files_to_go,
+                            human_bytes(f.bytes_to_go),
+                            human_bytes(f.rate as u64)
+                        );
+                    }
+                    if f.conflicts > 0 {
+                        line += &format!(", {} conflict(s)", f.conflicts);
+                    }
+                    if let Some(e) = &f.last_error {
+                        line += &format!(" (last round: {e})");
+                    }
+                    println!("{line}");
+                }
+            }
+        }
+        Cmd::Conflicts => {
+            let store = open(&home)?;
+            let mut all = Vec::new();
+            for f in store.folders()? {
+                for (path, _) in store.index_rows(&f)? {
+                    if path
+                        .file_name()
+                        .windows(15)
+                        .any(|w| w == b".sync-conflict-")
+                    {
+                        all.push(serde_json::json!({"folder": f.name, "path": path.to_string(), "on_disk": path.to_path(&f.root_path()).display().to_string()}));
+                    }
+                }
+            }
+            if json {
+                print_json(&all)?;
+            } else if all.is_empty() {
+                println!("No conflicts.");
+            } else {
+                for c in all {
+                    println!("{}", c["on_disk"].as_str().unwrap_or_default());
+                }
+            }
+        }
     }
+    Ok(0)
+}
+
+fn up(
+    home: &Home,
+    path: Option<PathBuf>,
+    listen: Vec<String>,
+    peer: Vec<String>,
+    no_mdns: bool,
+    json: bool,
+) -> Result<i32> {
+    if !home.is_initialized() {
+        let (id, _) = home.init(&default_device_name(), now_ms())?;
+        println!(
+            "Initialized weft in {} (device {}, person {})",
+            home.root().display(),
+            id.device_id(),
+            id.person_id()
+        );
+    }
+    if let Some(p) = path {
+        let store = open(home)?;
+        let canon = std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()))?;
+        if !store.folders()?.iter().any(|f| f.root_path() == canon) {
+            let rec = store.add_folder(&p, None)?;
+            println!(
+                "Added folder {:?} at {}",
+                rec.name,
+                rec.root_path().display()
+            );
+        }
+    }
+    let mut cfg = weft_node::NodeConfig::default();
+    if !listen.is_empty() {
+        cfg.listen = listen
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<_, _>>()
+            .context("bad --listen address")?;
+    }
+    cfg.peers = peer
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()
+        .context("bad --peer address")?;
+    cfg.mdns = !no_mdns;
+    let _ = json;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        weft_node::start(home, cfg, shutdown).await
+    })?;
+    println!("weft stopped.");
     Ok(0)
 }
 

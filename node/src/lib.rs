@@ -1,6 +1,120 @@
 //! weft's node: a participant in the mesh.
 //!
-//! Not built yet. This crate will own the libp2p swarm and weft's protocols
-//! (`/weft/sync/1`, `/weft/chunk/1`, `/weft/pair/1`), the file watcher, the transfer
-//! scheduler, applying remote changes to disk atomically, and the control API the CLI
-//! talks to. It builds on `weft_store::store::accept_entry` for every received entry.
+//! A node keeps a person's folders identical across their devices, live, over libp2p.
+//! [`start`] runs one until shutdown: the swarm task in [`node`], one worker per
+//! folder in [`apply`] (scan, plan, fetch, write atomically), the watcher in
+//! [`watch`], the CLI's control socket in [`control`]. [`join`] pairs a new device.
+//! Wire formats and limits are in [`protocol`]; pairing codes in [`pairing`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![deny(missing_docs)]
+
+pub mod apply;
+pub mod control;
+pub mod join;
+pub mod node;
+pub mod pairing;
+pub mod protocol;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use weft_crypto::FolderId;
+use weft_store::{Home, Store};
+
+pub use node::NodeConfig;
+
+/// Errors of the node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] weft_store::StoreError),
+    /// Networking failed.
+    #[error("network: {0}")]
+    Network(String),
+    /// The watcher failed.
+    #[error("file watcher: {0}")]
+    Watch(String),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The control socket failed or the node is not running.
+    #[error("{0}")]
+    Control(String),
+    /// Pairing failed.
+    #[error("pairing failed: {0}")]
+    Pairing(String),
+    /// A remote change would write outside the folder.
+    #[error("refused to write {0}: a parent directory is a symlink or not a directory")]
+    UnsafePath(String),
+    /// A chunk could not be had from any peer.
+    #[error("no connected device has chunk {0}")]
+    ChunkUnavailable(String),
+}
+
+/// State shared by the node's tasks.
+pub struct Shared {
+    /// The store.
+    pub store: Store,
+    /// Per-folder sync status.
+    pub status: Mutex<HashMap<FolderId, apply::FolderStatus>>,
+    /// Addresses the node listens on.
+    pub listen_addrs: Mutex<Vec<libp2p::Multiaddr>>,
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Shared {
+    /// Wraps a store.
+    pub fn new(store: Store) -> Shared {
+        Shared {
+            store,
+            status: Mutex::new(HashMap::new()),
+            listen_addrs: Mutex::new(Vec::new()),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn add_received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Chunk bytes received from peers since start.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Chunk bytes sent to peers since start.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs a node for `home` until `shutdown` resolves: swarm, folder workers, watcher
+/// and control socket.
+pub async fn start(
+    home: &Home,
+    cfg: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let store = Store::open(home)?;
+    let shared = std::sync::Arc::new(Shared::new(store));
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(1024);
+    let control = control::serve(home, cmd_tx.clone())?;
+    let result = node::run(shared, cfg, cmd_rx, cmd_tx, shutdown).await;
+    control.abort();
+    let _ = std::fs::remove_file(control::socket_path(home));
+    result
+}

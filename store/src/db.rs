@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_crypto::{ChunkId, DeviceId, FolderId, FolderSecret, Hash, PersonId};
 
 /// Current schema version, kept in `meta-1` under `"schema"`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `name → value`: schema version and similar.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
@@ -33,6 +33,8 @@ pub const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versio
 pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks-1");
 /// `device id (32) → DeviceCertificate bytes`: certificates of known devices.
 pub const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices-1");
+/// `device id (32) → Vec<String>`: the last addresses (multiaddrs) a device was seen at.
+pub const PEER_ADDRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peer-addrs-1");
 
 /// A registered folder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -242,6 +244,10 @@ pub fn open(path: &Path) -> Result<Database> {
             txn.open_table(VERSIONS)?;
             txn.open_table(CHUNKS)?;
             txn.open_table(DEVICES)?;
+        }
+        // Migration 1 → 2: peer addresses.
+        if current < 2 {
+            txn.open_table(PEER_ADDRS)?;
         }
         meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }

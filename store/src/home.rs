@@ -106,7 +106,7 @@ impl Home {
         self.root.join("person.key")
     }
 
-    fn device_key(&self) -> PathBuf {
+    fn device_key_path(&self) -> PathBuf {
         self.root.join("device.key")
     }
 
@@ -130,7 +130,7 @@ impl Home {
         let device = SecretKey::generate();
         let cert = DeviceCertificate::issue(&person, DeviceId(device.public()), name, now_ms);
         write_private(&self.person_key(), person.to_seed().as_slice())?;
-        write_private(&self.device_key(), device.to_seed().as_slice())?;
+        write_private(&self.device_key_path(), device.to_seed().as_slice())?;
         // The certificate is written last: its presence marks a complete init.
         write_private(&self.device_cert(), &cert.to_bytes())?;
         Ok((
@@ -143,13 +143,63 @@ impl Home {
         ))
     }
 
+    /// Makes this device one of another person's devices (pairing): keeps the device
+    /// key, replaces the person key and the certificate, which must certify this
+    /// device's key under that person key.
+    pub fn adopt_person(
+        &self,
+        person_seed: &[u8; 32],
+        cert: &DeviceCertificate,
+    ) -> Result<Identity> {
+        let device = SecretKey::from_seed(&read_seed(&self.device_key_path())?);
+        let person = SecretKey::from_seed(person_seed);
+        cert.verify(Some(&PersonId(person.public())))?;
+        if cert.body.device != DeviceId(device.public()) {
+            return Err(StoreError::decode(
+                "device certificate",
+                "certifies another device",
+            ));
+        }
+        write_private(&self.person_key(), person.to_seed().as_slice())?;
+        write_private(&self.device_cert(), &cert.to_bytes())?;
+        self.load_identity()
+    }
+
+    /// Initializes a fresh home as a paired device: its own device key, the person's
+    /// key and the certificate the inviting device issued.
+    pub fn init_joined(
+        &self,
+        device: &SecretKey,
+        person_seed: &[u8; 32],
+        cert: &DeviceCertificate,
+    ) -> Result<Identity> {
+        let person = SecretKey::from_seed(person_seed);
+        cert.verify(Some(&PersonId(person.public())))?;
+        if cert.body.device != DeviceId(device.public()) {
+            return Err(StoreError::decode(
+                "device certificate",
+                "certifies another device",
+            ));
+        }
+        create_private_dir(&self.root)?;
+        write_private(&self.person_key(), person.to_seed().as_slice())?;
+        write_private(&self.device_key_path(), device.to_seed().as_slice())?;
+        write_private(&self.device_cert(), &cert.to_bytes())?;
+        self.load_identity()
+    }
+
+    /// The device key alone (the libp2p identity).
+    pub fn device_key(&self) -> Result<SecretKey> {
+        Ok(SecretKey::from_seed(&read_seed(&self.device_key_path())?))
+    }
+
     /// Loads the keys and certificate, checking they belong together.
     pub fn load_identity(&self) -> Result<Identity> {
         if !self.is_initialized() {
             return Err(StoreError::NotInitialized(self.root.clone()));
         }
         let person = SecretKey::from_seed(&read_seed(&self.person_key())?);
-        let device = SecretKey::from_seed(&read_seed(&self.device_key())?);
+        let device = SecretKey::from_seed(&read_seed(&self.device_key_path())?);
         let cert_bytes =
             std::fs::read(self.device_cert()).map_err(|e| StoreError::io(self.device_cert(), e))?;
         let cert = DeviceCertificate::from_bytes(&cert_bytes)?;

@@ -28,6 +28,7 @@ pub mod merge;
 pub mod model;
 pub mod scan;
 pub mod store;
+pub mod sync;
 pub mod verify;
 
 pub use error::{Result, StoreError};

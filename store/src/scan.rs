@@ -787,7 +787,7 @@ impl Store {
     }
 
     /// The folder's index rows, by path.
-    pub(crate) fn index_rows(&self, folder: &FolderRecord) -> Result<BTreeMap<RelPath, IndexRow>> {
+    pub fn index_rows(&self, folder: &FolderRecord) -> Result<BTreeMap<RelPath, IndexRow>> {
         let r = self.db.begin_read()?;
         let t = r.open_table(db::INDEX)?;
         let mut out = BTreeMap::new();

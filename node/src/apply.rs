@@ -1,0 +1,571 @@
+//! Folder workers: bring a folder's disk to its merged tree, safely.
+//!
+//! Each round, under the folder's single worker: **scan** first (so an edit made
+//! here is recorded, and becomes a conflict rather than being overwritten), **plan**
+//! (merged tree against index), then **apply** each step:
+//!
+//! - a file is assembled chunk by chunk into a temporary file under the folder's
+//!   `.weft/tmp/`, each chunk checked against its id and opened with its key (so the
+//!   bytes are what the author wrote), fetched chunks are saved in the chunk cache
+//!   as they arrive (a killed transfer resumes from them), the file is fsynced and
+//!   renamed into place only if the file on disk still matches the index: a file
+//!   modified locally meanwhile is never overwritten;
+//! - a path is written only below real directories of the folder: a symlinked
+//!   parent is refused;
+//! - deletions remove only what the index says is unchanged;
+//! - conflict copies are written, then recorded by the next scan as files of this
+//!   device, so the copy survives whatever happens to the original.
+//!
+//! Memory: at most [`WINDOW`] chunks are in flight per file.
+use crate::NodeError;
+use crate::Shared;
+use crate::node::{Cmd, NodeConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{info, warn};
+use weft_crypto::{ChunkId, FolderId, Hash, SealedChunk};
+use weft_store::db::{FolderRecord, IndexKind, IndexRow};
+use weft_store::model::{Manifest, RelPath, VersionId};
+use weft_store::scan::{NoProgress, TEMP_DIR};
+use weft_store::sync::Action;
+
+/// Chunks requested ahead of the one being written.
+pub const WINDOW: usize = 16;
+/// Fetched chunks are saved to the cache in groups of this many.
+const SAVE_EVERY: usize = 8;
+
+/// Wakes a folder worker.
+#[derive(Clone, Default)]
+pub struct FolderKick(Arc<Notify>);
+
+impl FolderKick {
+    /// A new kick.
+    pub fn new() -> FolderKick {
+        FolderKick(Arc::new(Notify::new()))
+    }
+
+    /// Asks for a round (coalesced with others).
+    pub fn kick(&self) {
+        self.0.notify_one();
+    }
+
+    /// Same as [`FolderKick::kick`]: remote changes are applied after the same short
+    /// debounce, which also coalesces a burst of entries.
+    pub fn kick_now(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// What `weft status` shows for a folder.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FolderStatus {
+    /// The folder's name.
+    pub name: String,
+    /// Its id.
+    pub id: String,
+    /// `in sync`, `scanning` or `syncing`.
+    pub state: String,
+    /// Files still to write.
+    pub files_to_go: u64,
+    /// Bytes still to write.
+    pub bytes_to_go: u64,
+    /// Bytes per second over the current round.
+    pub rate: f64,
+    /// Conflict copies in the folder.
+    pub conflicts: u64,
+    /// The last error, if the last round failed.
+    pub last_error: Option<String>,
+}
+
+fn set_status(shared: &Shared, folder: &FolderId, f: impl FnOnce(&mut FolderStatus)) {
+    if let Ok(mut m) = shared.status.lock() {
+        f(m.entry(*folder).or_default());
+    }
+}
+
+/// Runs rounds for one folder until the task is dropped.
+pub async fn folder_worker(
+    shared: Arc<Shared>,
+    folder: FolderRecord,
+    kick: FolderKick,
+    cmds: mpsc::Sender<Cmd>,
+    cfg: NodeConfig,
+) {
+    set_status(&shared, &folder.id, |s| {
+        s.name = folder.name.clone();
+        s.id = folder.id.to_string();
+        s.state = "scanning".into();
+    });
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::select! {
+                _ = kick.0.notified() => {}
+                _ = tokio::time::sleep(cfg.rescan_every) => {}
+            }
+            tokio::time::sleep(cfg.debounce).await;
+        }
+        first = false;
+        let (sh, f, c) = (shared.clone(), folder.clone(), cmds.clone());
+        let res = tokio::task::spawn_blocking(move || round(&sh, &f, &c)).await;
+        let err = match res {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("worker failed: {e}")),
+        };
+        if let Some(e) = &err {
+            warn!(folder = %folder.name, "sync round failed: {e}");
+        }
+        set_status(&shared, &folder.id, |s| s.last_error = err);
+    }
+}
+
+/// One round: scan, plan, apply, and scan again if anything was written.
+fn round(
+    shared: &Shared,
+    folder: &FolderRecord,
+    cmds: &mpsc::Sender<Cmd>,
+) -> Result<(), NodeError> {
+    let store = &shared.store;
+    let folder = store.folder(&folder.id)?;
+    scan_and_notify(shared, &folder, cmds)?;
+    let plan = store.plan(&folder)?;
+    let (files, bytes) = plan.iter().fold((0u64, 0u64), |(n, b), a| match a {
+        Action::WriteFile { manifest, .. } => (n + 1, b + manifest.size),
+        _ => (n, b),
+    });
+    set_status(shared, &folder.id, |s| {
+        s.state = if plan.is_empty() {
+            "in sync"
+        } else {
+            "syncing"
+        }
+        .into();
+        s.files_to_go = files;
+        s.bytes_to_go = bytes;
+    });
+    if plan.is_empty() {
+        update_conflicts(shared, &folder)?;
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut done_bytes = 0u64;
+    let mut skipped = 0usize;
+    let mut writer = store.cache().writer()?;
+    for action in plan {
+        let res = match &action {
+            Action::MakeDir { path, version } => make_dir(shared, &folder, path, *version),
+            Action::Adopt {
+                path,
+                version,
+                executable,
+            } => adopt(shared, &folder, path, *version, *executable),
+            Action::Remove { path, kind } => remove(shared, &folder, path, *kind),
+            Action::WriteFile {
+                path,
+                version,
+                manifest,
+                conflict_of,
+            } => {
+                let r = write_file(
+                    shared,
+                    &folder,
+                    path,
+                    *version,
+                    manifest,
+                    conflict_of.as_ref(),
+                    cmds,
+                    &mut writer,
+                );
+                if let Ok(true) = r {
+                    done_bytes += manifest.size;
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    set_status(shared, &folder.id, |s| {
+                        s.files_to_go = s.files_to_go.saturating_sub(1);
+                        s.bytes_to_go = s.bytes_to_go.saturating_sub(manifest.size);
+                        s.rate = done_bytes as f64 / secs;
+                    });
+                    match conflict_of {
+                        Some(orig) => {
+                            info!(folder = %folder.name, "conflict: {orig} changed on two devices; the other version is kept as {path}")
+                        }
+                        None => info!(folder = %folder.name, "received {path}"),
+                    }
+                }
+                r
+            }
+        };
+        match res {
+            Ok(true) => {}
+            Ok(false) => skipped += 1,
+            Err(e) => {
+                warn!(folder = %folder.name, "{e}");
+                skipped += 1;
+            }
+        }
+    }
+    // Record conflict copies (and anything that changed meanwhile) as this device's.
+    scan_and_notify(shared, &folder, cmds)?;
+    update_conflicts(shared, &folder)?;
+    let left = store.plan(&folder)?;
+    set_status(shared, &folder.id, |s| {
+        s.state = if left.is_empty() {
+            "in sync"
+        } else {
+            "syncing"
+        }
+        .into();
+    });
+    if skipped > 0 || !left.is_empty() {
+        // Chunks may arrive from a peer that connects later; try again soon.
+        return Err(NodeError::ChunkUnavailable(format!(
+            "{} step(s) could not be done yet",
+            left.len().max(skipped)
+        )));
+    }
+    Ok(())
+}
+
+fn update_conflicts(shared: &Shared, folder: &FolderRecord) -> Result<(), NodeError> {
+    let n = conflicts(shared, folder)?.len() as u64;
+    set_status(shared, &folder.id, |s| s.conflicts = n);
+    Ok(())
+}
+
+/// The conflict copies in a folder (indexed files with a conflict-copy name).
+pub fn conflicts(shared: &Shared, folder: &FolderRecord) -> Result<Vec<String>, NodeError> {
+    Ok(shared
+        .store
+        .index_rows(folder)?
+        .into_keys()
+        .filter(|p| p.file_name().windows(15).any(|w| w == b".sync-conflict-"))
+        .map(|p| p.to_string())
+        .collect())
+}
+
+fn scan_and_notify(
+    shared: &Shared,
+    folder: &FolderRecord,
+    cmds: &mpsc::Sender<Cmd>,
+) -> Result<(), NodeError> {
+    let s = shared.store.scan(folder, &NoProgress)?;
+    if s.log_entries > 0 {
+        info!(
+            folder = %folder.name,
+            "local changes: {} added, {} changed, {} deleted, {} moved",
+            s.files_added, s.files_changed, s.files_deleted, s.files_moved
+        );
+        let _ = cmds.blocking_send(Cmd::Notify {
+            folder: folder.id,
+            except: None,
+        });
+    }
+    Ok(())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
+}
+
+/// Whether the disk at `target` is what the index says (no unscanned local change).
+fn disk_matches(target: &Path, row: Option<&IndexRow>) -> bool {
+    match (std::fs::symlink_metadata(target), row) {
+        (Err(e), None) => e.kind() == std::io::ErrorKind::NotFound,
+        (Err(e), Some(_)) => e.kind() == std::io::ErrorKind::NotFound,
+        (Ok(_), None) => false,
+        (Ok(m), Some(r)) => match r.kind {
+            IndexKind::File => {
+                m.is_file() && m.len() == r.size && mtime_ns(&m) == r.mtime_ns && m.ino() == r.inode
+            }
+            IndexKind::Dir => m.is_dir(),
+        },
+    }
+}
+
+/// Refuses a path whose existing parents are not plain directories inside the root.
+fn check_parents(root: &Path, path: &RelPath) -> Result<(), NodeError> {
+    let mut p = path.parent();
+    let mut chain = Vec::new();
+    while let Some(q) = p {
+        p = q.parent();
+        chain.push(q);
+    }
+    for dir in chain.iter().rev() {
+        match std::fs::symlink_metadata(dir.to_path(root)) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(NodeError::UnsafePath(path.to_string())),
+            Err(_) => break, // will be created as a real directory
+        }
+    }
+    Ok(())
+}
+
+fn make_dir(
+    shared: &Shared,
+    folder: &FolderRecord,
+    path: &RelPath,
+    version: VersionId,
+) -> Result<bool, NodeError> {
+    let root = folder.root_path();
+    check_parents(&root, path)?;
+    let target = path.to_path(&root);
+    let row = shared.store.index_row(&folder.id, path)?;
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            if !disk_matches(&target, row.as_ref()) {
+                return Ok(false);
+            }
+            std::fs::remove_file(&target).map_err(io_err(&target))?;
+            std::fs::create_dir_all(&target).map_err(io_err(&target))?;
+        }
+        Err(_) => std::fs::create_dir_all(&target).map_err(io_err(&target))?,
+    }
+    let m = std::fs::symlink_metadata(&target).map_err(io_err(&target))?;
+    shared.store.set_index_row(
+        &folder.id,
+        path,
+        Some(&IndexRow {
+            kind: IndexKind::Dir,
+            size: 0,
+            mtime_ns: mtime_ns(&m),
+            inode: m.ino(),
+            dev: m.dev(),
+            executable: false,
+            hash: Hash::ZERO,
+            version,
+        }),
+    )?;
+    Ok(true)
+}
+
+fn adopt(
+    shared: &Shared,
+    folder: &FolderRecord,
+    path: &RelPath,
+    version: VersionId,
+    executable: Option<bool>,
+) -> Result<bool, NodeError> {
+    let Some(mut row) = shared.store.index_row(&folder.id, path)? else {
+        return Ok(true);
+    };
+    let target = path.to_path(&folder.root_path());
+    if let Some(exec) = executable
+        && exec != row.executable
+    {
+        if !disk_matches(&target, Some(&row)) {
+            return Ok(false);
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::symlink_metadata(&target).map_err(io_err(&target))?;
+        let mut mode = m.permissions().mode();
+        if exec {
+            mode |= (mode & 0o444) >> 2;
+        } else {
+            mode &= !0o111;
+        }
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(&target))?;
+        row.executable = exec;
+    }
+    row.version = version;
+    shared.store.set_index_row(&folder.id, path, Some(&row))?;
+    Ok(true)
+}
+
+fn remove(
+    shared: &Shared,
+    folder: &FolderRecord,
+    path: &RelPath,
+    kind: IndexKind,
+) -> Result<bool, NodeError> {
+    let target = path.to_path(&folder.root_path());
+    let row = shared.store.index_row(&folder.id, path)?;
+    match kind {
+        IndexKind::File => {
+            if !disk_matches(&target, row.as_ref()) {
+                return Ok(false); // changed here: the scan records it, and the edit wins
+            }
+            match std::fs::remove_file(&target) {
+                Ok(()) => info!(folder = %folder.name, "deleted {path}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&target)(e)),
+            }
+        }
+        IndexKind::Dir => match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not empty: something here that the deleting device did not know stays.
+            Err(_) => return Ok(true),
+        },
+    }
+    shared.store.set_index_row(&folder.id, path, None)?;
+    Ok(true)
+}
+
+enum Source {
+    Cache,
+    Fetch(oneshot::Receiver<Option<Vec<u8>>>),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_file(
+    shared: &Shared,
+    folder: &FolderRecord,
+    path: &RelPath,
+    version: VersionId,
+    manifest: &Manifest,
+    conflict_of: Option<&RelPath>,
+    cmds: &mpsc::Sender<Cmd>,
+    writer: &mut weft_store::cache::PackWriter,
+) -> Result<bool, NodeError> {
+    let store = &shared.store;
+    let root = folder.root_path();
+    check_parents(&root, path)?;
+    let target = path.to_path(&root);
+    let row = store.index_row(&folder.id, path)?;
+    let replaces_dir = row.as_ref().is_some_and(|r| r.kind == IndexKind::Dir);
+    if !replaces_dir && !disk_matches(&target, row.as_ref()) {
+        return Ok(false); // a local change the next scan records; the merge decides
+    }
+    let tmp_dir = root.join(TEMP_DIR).join("tmp");
+    std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+    let tmp = tmp_dir.join(format!("{}.part", &manifest.hash.to_hex()[..32]));
+    let result = assemble(shared, manifest, &tmp, cmds, writer);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Last check right before the rename: nothing changed here meanwhile.
+    let row = store.index_row(&folder.id, path)?;
+    if replaces_dir {
+        if std::fs::remove_dir(&target).is_err() && target.exists() {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        }
+    } else if !disk_matches(&target, row.as_ref()) {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(false);
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
+    if conflict_of.is_none() {
+        let m = std::fs::symlink_metadata(&target).map_err(io_err(&target))?;
+        store.set_index_row(
+            &folder.id,
+            path,
+            Some(&IndexRow {
+                kind: IndexKind::File,
+                size: m.len(),
+                mtime_ns: mtime_ns(&m),
+                inode: m.ino(),
+                dev: m.dev(),
+                executable: manifest.executable,
+                hash: manifest.hash,
+                version,
+            }),
+        )?;
+    }
+    Ok(true)
+}
+
+/// Writes a manifest's content to `tmp`: chunks from the cache or from peers, each
+/// verified, fetched ones saved to the cache; then mode, mtime and fsync.
+fn assemble(
+    shared: &Shared,
+    manifest: &Manifest,
+    tmp: &PathBuf,
+    cmds: &mpsc::Sender<Cmd>,
+    writer: &mut weft_store::cache::PackWriter,
+) -> Result<(), NodeError> {
+    let store = &shared.store;
+    let mut f = std::fs::File::create(tmp).map_err(io_err(tmp))?;
+    let mut queue: VecDeque<(usize, Source)> = VecDeque::new();
+    let mut next = 0usize;
+    let mut to_save: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let chunks = &manifest.chunks;
+    let request = |i: usize| -> Result<Source, NodeError> {
+        let id = chunks[i].id;
+        if store.has_chunk(&id)? {
+            return Ok(Source::Cache);
+        }
+        let (tx, rx) = oneshot::channel();
+        cmds.blocking_send(Cmd::FetchChunk { id, reply: tx })
+            .map_err(|_| NodeError::Network("node is shutting down".into()))?;
+        Ok(Source::Fetch(rx))
+    };
+    while next < chunks.len() && queue.len() < WINDOW {
+        queue.push_back((next, request(next)?));
+        next += 1;
+    }
+    while let Some((i, src)) = queue.pop_front() {
+        let c = &chunks[i];
+        let (ct, fetched) = match src {
+            Source::Cache => match store.chunk(&c.id)? {
+                Some(ct) => (ct, false),
+                None => return Err(NodeError::ChunkUnavailable(c.id.to_string())),
+            },
+            Source::Fetch(rx) => match rx.blocking_recv() {
+                Ok(Some(ct)) => (ct, true),
+                _ => {
+                    if !to_save.is_empty() {
+                        store.put_chunks(writer, &to_save)?;
+                    }
+                    return Err(NodeError::ChunkUnavailable(c.id.to_string()));
+                }
+            },
+        };
+        let pt =
+            SealedChunk::open(&c.id, &c.key, c.len, &ct).map_err(weft_store::StoreError::from)?;
+        f.write_all(&pt).map_err(io_err(tmp))?;
+        if fetched {
+            to_save.push((c.id, ct));
+            if to_save.len() >= SAVE_EVERY {
+                store.put_chunks(writer, &to_save)?;
+                to_save.clear();
+            }
+        }
+        if next < chunks.len() {
+            queue.push_back((next, request(next)?));
+            next += 1;
+        }
+    }
+    if !to_save.is_empty() {
+        store.put_chunks(writer, &to_save)?;
+    }
+    if Manifest::content_hash(chunks) != manifest.hash {
+        return Err(NodeError::Store(weft_store::StoreError::Decode {
+            what: "manifest",
+            reason: "content hash does not match its chunks".into(),
+        }));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if manifest.executable { 0o755 } else { 0o644 };
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(tmp))?;
+    let mtime = if manifest.mtime_ns >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(manifest.mtime_ns as u64)
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
+    f.set_modified(mtime).map_err(io_err(tmp))?;
+    f.sync_all().map_err(io_err(tmp))?;
+    Ok(())
+}

@@ -1,0 +1,893 @@
+//! The node: one task owns the libp2p swarm; per-folder workers scan, plan and apply.
+//!
+//! Layout of a running node:
+//! - the **swarm task** ([`run`]) owns the [`Swarm`] and every piece of peer state;
+//!   other tasks reach the network only through [`Cmd`]s on a bounded channel;
+//! - one **folder worker** per folder ([`crate::apply::folder_worker`]) is the only
+//!   writer of that folder's index: kicked by the watcher, by newly accepted entries
+//!   and by a timer, it scans, plans, and applies;
+//! - the **watcher** turns filesystem events into kicks;
+//! - the **control socket** answers the CLI.
+//!
+//! Peers: only certified devices of this person are served. A peer that is not known
+//! yet may say Hello with a certificate from this person, or pair with a valid code;
+//! anything else is refused, and a peer that has not proved itself within
+//! [`VERIFY_GRACE`] is disconnected.
+use crate::apply::{FolderKick, FolderStatus, folder_worker};
+use crate::control::{ControlRequest, ControlResponse, PeerStatus};
+use crate::pairing::{INVITE_TTL_MS, Invite, proof};
+use crate::protocol::*;
+use crate::{NodeError, Shared};
+use libp2p::futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, connection_limits, identify, mdns, noise, ping, tcp, yamux,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use weft_crypto::{ChunkId, DeviceCertificate, DeviceId, FolderId, PublicKey};
+use weft_store::Store;
+use weft_store::store::now_ms;
+
+/// How long an unknown peer may stay connected without proving itself.
+pub const VERIFY_GRACE: Duration = Duration::from_secs(10);
+/// How many chunk requests may be in flight to one peer.
+pub const CHUNK_REQUESTS_PER_PEER: usize = 8;
+
+/// Settings of a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Extra peers to dial at start.
+    pub peers: Vec<Multiaddr>,
+    /// Whether to discover peers with mDNS.
+    pub mdns: bool,
+    /// Full rescan interval (catches what the watcher missed).
+    pub rescan_every: Duration,
+    /// Pull interval (catches a missed notification).
+    pub pull_every: Duration,
+    /// How long the watcher waits for a burst of events to settle.
+    pub debounce: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/tcp/0"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            peers: Vec::new(),
+            mdns: true,
+            rescan_every: Duration::from_secs(60),
+            pull_every: Duration::from_secs(30),
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Requests from the node's other tasks to the swarm task.
+pub enum Cmd {
+    /// Fetch one chunk from any peer that has it.
+    FetchChunk {
+        /// The chunk.
+        id: ChunkId,
+        /// The ciphertext, or `None` if no peer has it.
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    /// Tell every peer that `folder` has new entries here.
+    Notify {
+        /// The folder.
+        folder: FolderId,
+        /// A peer not to tell (the one the entries came from).
+        except: Option<PeerId>,
+    },
+    /// A control-socket request.
+    Control {
+        /// The request.
+        req: ControlRequest,
+        /// Where the answer goes.
+        reply: oneshot::Sender<ControlResponse>,
+    },
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    sync: request_response::Behaviour<Codec<SyncRequest, SyncResponse>>,
+    chunk: request_response::Behaviour<Codec<ChunkRequest, ChunkResponse>>,
+    pair: request_response::Behaviour<Codec<PairRequest, PairResponse>>,
+}
+
+struct Peer {
+    since: Instant,
+    verified: bool,
+    name: Option<String>,
+    addr: Option<Multiaddr>,
+    relayed: bool,
+    rtt: Option<Duration>,
+    chunk_in_flight: usize,
+}
+
+struct ChunkFetch {
+    id: ChunkId,
+    tried: HashSet<PeerId>,
+    reply: oneshot::Sender<Option<Vec<u8>>>,
+}
+
+struct State {
+    shared: Arc<Shared>,
+    swarm: Swarm<Behaviour>,
+    peers: HashMap<PeerId, Peer>,
+    invites: HashMap<[u8; 16], u64>,
+    pulls: HashMap<OutboundRequestId, (PeerId, FolderId)>,
+    fetches: HashMap<OutboundRequestId, ChunkFetch>,
+    queued_fetches: VecDeque<ChunkFetch>,
+    kicks: HashMap<FolderId, FolderKick>,
+    known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+fn store(s: &State) -> &Store {
+    &s.shared.store
+}
+
+/// The libp2p PeerId of a device.
+pub fn peer_id_of(d: &DeviceId) -> Option<PeerId> {
+    peer_id(d)
+}
+
+fn peer_id(d: &DeviceId) -> Option<PeerId> {
+    libp2p::identity::ed25519::PublicKey::try_from_bytes(d.as_bytes())
+        .ok()
+        .map(|k| PeerId::from_public_key(&libp2p::identity::PublicKey::from(k)))
+}
+
+fn device_id(p: &PeerId) -> Option<DeviceId> {
+    let pk = libp2p::identity::PublicKey::try_decode_protobuf(&p.to_bytes()[2..]).ok()?;
+    let ed = pk.try_into_ed25519().ok()?;
+    Some(DeviceId(PublicKey(ed.to_bytes())))
+}
+
+fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
+    let mut seed = *shared.store.identity().device.to_seed();
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|e| NodeError::Network(e.to_string()))?;
+    let mdns_on = cfg.mdns;
+    let rr = |max: usize| {
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(max)
+    };
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NodeError::Network(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let mdns = if mdns_on {
+                mdns::tokio::Behaviour::new(mdns::Config::default(), local).ok()
+            } else {
+                None
+            };
+            Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established_per_peer(Some(4))
+                        .with_max_established_incoming(Some(64))
+                        .with_max_pending_incoming(Some(16)),
+                ),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/weft/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(15)),
+                ),
+                mdns: Toggle::from(mdns),
+                sync: request_response::Behaviour::with_codec(
+                    Codec::new(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
+                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                    rr(32),
+                ),
+                chunk: request_response::Behaviour::with_codec(
+                    Codec::new(1024, MAX_CHUNK_MESSAGE),
+                    [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
+                    rr(64),
+                ),
+                pair: request_response::Behaviour::with_codec(
+                    Codec::new(MAX_PAIR_MESSAGE, MAX_PAIR_MESSAGE),
+                    [(PAIR_PROTOCOL, ProtocolSupport::Full)],
+                    rr(4),
+                ),
+            }
+        })
+        .map_err(|e| NodeError::Network(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(
+    shared: Arc<Shared>,
+    cfg: NodeConfig,
+    mut cmds: mpsc::Receiver<Cmd>,
+    cmd_tx: mpsc::Sender<Cmd>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let mut swarm = build_swarm(&shared, &cfg)?;
+    for a in &cfg.listen {
+        swarm
+            .listen_on(a.clone())
+            .map_err(|e| NodeError::Network(format!("cannot listen on {a}: {e}")))?;
+    }
+    let mut st = State {
+        shared: shared.clone(),
+        swarm,
+        peers: HashMap::new(),
+        invites: HashMap::new(),
+        pulls: HashMap::new(),
+        fetches: HashMap::new(),
+        queued_fetches: VecDeque::new(),
+        kicks: HashMap::new(),
+        known_addrs: HashMap::new(),
+    };
+    // One worker per folder, and the watcher that kicks them.
+    let mut watched = Vec::new();
+    for f in shared.store.folders()? {
+        let kick = FolderKick::new();
+        st.kicks.insert(f.id, kick.clone());
+        watched.push((f.root_path(), kick.clone()));
+        tokio::spawn(folder_worker(
+            shared.clone(),
+            f,
+            kick,
+            cmd_tx.clone(),
+            cfg.clone(),
+        ));
+    }
+    let _watcher = crate::watch::watch(watched)?;
+    // Dial what we know.
+    for (dev, addrs) in shared.store.peer_addrs()? {
+        if let Some(p) = peer_id(&dev) {
+            let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            st.known_addrs.insert(p, addrs);
+        }
+    }
+    for a in &cfg.peers {
+        if let Err(e) = st.swarm.dial(a.clone()) {
+            warn!("cannot dial {a}: {e}");
+        }
+    }
+    redial(&mut st);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut pull_tick = tokio::time::interval(cfg.pull_every);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            ev = st.swarm.select_next_some() => on_swarm_event(&mut st, ev),
+            Some(cmd) = cmds.recv() => on_cmd(&mut st, cmd),
+            _ = tick.tick() => {
+                drop_unverified(&mut st);
+                redial(&mut st);
+                expire_invites(&mut st);
+            }
+            _ = pull_tick.tick() => {
+                let verified: Vec<PeerId> = st.peers.iter().filter(|(_, p)| p.verified).map(|(id, _)| *id).collect();
+                for p in verified { pull_all(&mut st, p); }
+            }
+        }
+    }
+    info!("shutting down");
+    Ok(())
+}
+
+fn expire_invites(st: &mut State) {
+    let now = now_ms();
+    st.invites.retain(|_, exp| *exp > now);
+}
+
+fn drop_unverified(st: &mut State) {
+    let stale: Vec<PeerId> = st
+        .peers
+        .iter()
+        .filter(|(_, p)| !p.verified && p.since.elapsed() > VERIFY_GRACE)
+        .map(|(id, _)| *id)
+        .collect();
+    for p in stale {
+        if st.invites.is_empty() {
+            warn!(peer = %p, "refusing peer: not a device of this person");
+            let _ = st.swarm.disconnect_peer_id(p);
+        }
+    }
+}
+
+fn redial(st: &mut State) {
+    let targets: Vec<(PeerId, Vec<Multiaddr>)> = st
+        .known_addrs
+        .iter()
+        .filter(|(p, _)| !st.swarm.is_connected(p))
+        .map(|(p, a)| (*p, a.clone()))
+        .collect();
+    for (p, addrs) in targets {
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(p)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = st.swarm.dial(opts) {
+            debug!(peer = %p, "dial: {e}");
+        }
+    }
+}
+
+fn my_cert(st: &State) -> Vec<u8> {
+    store(st).identity().cert.to_bytes()
+}
+
+fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
+    match ev {
+        SwarmEvent::NewListenAddr { address, .. } => {
+            info!("listening on {address}");
+            st.shared
+                .listen_addrs
+                .lock()
+                .map(|mut v| v.push(address))
+                .ok();
+        }
+        SwarmEvent::ConnectionEstablished {
+            peer_id, endpoint, ..
+        } => {
+            let addr = endpoint.get_remote_address().clone();
+            let relayed = addr
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+            let known =
+                device_id(&peer_id).is_some_and(|d| store(st).is_my_device(&d).unwrap_or(false));
+            let name = device_id(&peer_id)
+                .and_then(|d| store(st).device_cert(&d).ok().flatten())
+                .map(|c| c.body.name);
+            let entry = st.peers.entry(peer_id).or_insert(Peer {
+                since: Instant::now(),
+                verified: false,
+                name,
+                addr: Some(addr),
+                relayed,
+                rtt: None,
+                chunk_in_flight: 0,
+            });
+            if known && !entry.verified {
+                entry.verified = true;
+                info!(peer = %peer_id, name = entry.name.as_deref().unwrap_or("?"), "peer connected");
+                let cert = my_cert(st);
+                st.swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer_id, SyncRequest::Hello { cert });
+                pull_all(st, peer_id);
+            }
+        }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            num_established,
+            ..
+        } => {
+            if num_established == 0
+                && let Some(p) = st.peers.remove(&peer_id)
+                && p.verified
+            {
+                info!(peer = %peer_id, name = p.name.as_deref().unwrap_or("?"), "peer disconnected");
+            }
+            // Fetches waiting on it are retried elsewhere when their request fails.
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+            for (p, addr) in list {
+                let mine =
+                    device_id(&p).is_some_and(|d| store(st).is_my_device(&d).unwrap_or(false));
+                if mine && !st.swarm.is_connected(&p) {
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(p)
+                        .addresses(vec![addr])
+                        .build();
+                    let _ = st.swarm.dial(opts);
+                }
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) => {
+            let verified = st.peers.get(&peer_id).is_some_and(|p| p.verified);
+            if verified && let Some(d) = device_id(&peer_id) {
+                let addrs: Vec<String> = info.listen_addrs.iter().map(|a| a.to_string()).collect();
+                st.known_addrs.insert(peer_id, info.listen_addrs.clone());
+                let _ = store(st).remember_addrs(&d, &addrs);
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+            peer,
+            result: Ok(rtt),
+            ..
+        })) => {
+            if let Some(p) = st.peers.get_mut(&peer) {
+                p.rtt = Some(rtt);
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => on_sync(st, ev),
+        SwarmEvent::Behaviour(BehaviourEvent::Chunk(ev)) => on_chunk(st, ev),
+        SwarmEvent::Behaviour(BehaviourEvent::Pair(ev)) => on_pair(st, ev),
+        _ => {}
+    }
+}
+
+fn pull_all(st: &mut State, peer: PeerId) {
+    let folders: Vec<FolderId> = st.kicks.keys().copied().collect();
+    for f in folders {
+        pull(st, peer, f);
+    }
+}
+
+fn pull(st: &mut State, peer: PeerId, folder: FolderId) {
+    let have = match store(st).tips(&folder) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("cannot read chain tips: {e}");
+            return;
+        }
+    };
+    let id = st
+        .swarm
+        .behaviour_mut()
+        .sync
+        .send_request(&peer, SyncRequest::Pull { folder, have });
+    st.pulls.insert(id, (peer, folder));
+}
+
+fn verified(st: &State, peer: &PeerId) -> bool {
+    st.peers.get(peer).is_some_and(|p| p.verified)
+}
+
+fn on_sync(st: &mut State, ev: request_response::Event<SyncRequest, SyncResponse>) {
+    use request_response::{Event, Message};
+    match ev {
+        Event::Message {
+            peer,
+            message: Message::Request {
+                request, channel, ..
+            },
+            ..
+        } => {
+            let resp = handle_sync_request(st, peer, request);
+            let _ = st.swarm.behaviour_mut().sync.send_response(channel, resp);
+        }
+        Event::Message {
+            peer,
+            message:
+                Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => match response {
+            SyncResponse::Entries { entries, more } => {
+                let Some((_, folder)) = st.pulls.remove(&request_id) else {
+                    return;
+                };
+                let Ok(rec) = store(st).folder(&folder) else {
+                    return;
+                };
+                match store(st).accept_entries(&rec, &entries) {
+                    Ok(acc) => {
+                        for r in &acc.rejected {
+                            warn!(peer = %peer, "rejected entry: {r}");
+                        }
+                        if acc.accepted > 0 {
+                            debug!(peer = %peer, n = acc.accepted, "accepted entries");
+                            if let Some(k) = st.kicks.get(&folder) {
+                                k.kick_now();
+                            }
+                            notify_peers(st, folder, Some(peer));
+                        }
+                        if more && acc.rejected.is_empty() {
+                            pull(st, peer, folder);
+                        }
+                    }
+                    Err(e) => warn!(peer = %peer, "cannot store entries: {e}"),
+                }
+            }
+            SyncResponse::Hello { cert } => {
+                accept_hello(st, peer, &cert);
+            }
+            SyncResponse::Refused { reason } => {
+                st.pulls.remove(&request_id);
+                warn!(peer = %peer, "peer refused: {reason}");
+            }
+            SyncResponse::Ack => {}
+        },
+        Event::OutboundFailure {
+            request_id,
+            peer,
+            error,
+            ..
+        } => {
+            st.pulls.remove(&request_id);
+            debug!(peer = %peer, "sync request failed: {error}");
+        }
+        Event::InboundFailure { peer, error, .. } => {
+            warn!(peer = %peer, "bad sync request: {error}");
+        }
+        Event::ResponseSent { .. } => {}
+    }
+}
+
+/// Checks a Hello's certificate: it must be this person's, for this very peer.
+fn accept_hello(st: &mut State, peer: PeerId, cert: &[u8]) -> bool {
+    let me = store(st).identity().person_id();
+    let ok = DeviceCertificate::from_bytes(cert)
+        .ok()
+        .filter(|c| c.body.person == me && peer_id(&c.body.device) == Some(peer));
+    match ok {
+        Some(c) => {
+            let _ = store(st).remember_device(&c);
+            if let Some(p) = st.peers.get_mut(&peer) {
+                let newly = !p.verified;
+                p.verified = true;
+                p.name = Some(c.body.name.clone());
+                if newly {
+                    info!(peer = %peer, name = %c.body.name, "peer connected");
+                    pull_all(st, peer);
+                }
+            }
+            true
+        }
+        None => {
+            warn!(peer = %peer, "refusing peer: its certificate is not from this person");
+            false
+        }
+    }
+}
+
+fn handle_sync_request(st: &mut State, peer: PeerId, req: SyncRequest) -> SyncResponse {
+    match req {
+        SyncRequest::Hello { cert } => {
+            if accept_hello(st, peer, &cert) {
+                SyncResponse::Hello { cert: my_cert(st) }
+            } else {
+                SyncResponse::Refused {
+                    reason: "not a device of this person".into(),
+                }
+            }
+        }
+        _ if !verified(st, &peer) => {
+            warn!(peer = %peer, "refused sync request from an unpaired peer");
+            SyncResponse::Refused {
+                reason: "not paired".into(),
+            }
+        }
+        SyncRequest::Pull { folder, have } => {
+            if have.len() > 4096 {
+                return SyncResponse::Refused {
+                    reason: "too many authors".into(),
+                };
+            }
+            match store(st).entries_since(&folder, &have) {
+                Ok((entries, more)) => SyncResponse::Entries { entries, more },
+                Err(e) => SyncResponse::Refused {
+                    reason: e.to_string(),
+                },
+            }
+        }
+        SyncRequest::Notify { folder } => {
+            if st.kicks.contains_key(&folder) {
+                pull(st, peer, folder);
+            }
+            SyncResponse::Ack
+        }
+    }
+}
+
+fn notify_peers(st: &mut State, folder: FolderId, except: Option<PeerId>) {
+    let targets: Vec<PeerId> = st
+        .peers
+        .iter()
+        .filter(|(id, p)| p.verified && Some(**id) != except)
+        .map(|(id, _)| *id)
+        .collect();
+    for p in targets {
+        st.swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&p, SyncRequest::Notify { folder });
+    }
+}
+
+fn on_chunk(st: &mut State, ev: request_response::Event<ChunkRequest, ChunkResponse>) {
+    use request_response::{Event, Message};
+    match ev {
+        Event::Message {
+            peer,
+            message: Message::Request {
+                request, channel, ..
+            },
+            ..
+        } => serve_chunk(st, peer, request, channel),
+        Event::Message {
+            peer,
+            message:
+                Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some(p) = st.peers.get_mut(&peer) {
+                p.chunk_in_flight = p.chunk_in_flight.saturating_sub(1);
+            }
+            let Some(mut f) = st.fetches.remove(&request_id) else {
+                return;
+            };
+            match response {
+                ChunkResponse::Data(ct) if f.id.check(&ct).is_ok() => {
+                    st.shared.add_received(ct.len() as u64);
+                    let _ = f.reply.send(Some(ct));
+                }
+                ChunkResponse::Data(_) => {
+                    warn!(peer = %peer, chunk = %f.id, "rejected chunk: bytes do not match its id");
+                    f.tried.insert(peer);
+                    dispatch_fetch(st, f);
+                }
+                _ => {
+                    f.tried.insert(peer);
+                    dispatch_fetch(st, f);
+                }
+            }
+            drain_queue(st);
+        }
+        Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            if let Some(p) = st.peers.get_mut(&peer) {
+                p.chunk_in_flight = p.chunk_in_flight.saturating_sub(1);
+            }
+            debug!(peer = %peer, "chunk request failed: {error}");
+            if let Some(mut f) = st.fetches.remove(&request_id) {
+                f.tried.insert(peer);
+                dispatch_fetch(st, f);
+            }
+            drain_queue(st);
+        }
+        Event::InboundFailure { peer, error, .. } => {
+            warn!(peer = %peer, "bad chunk request: {error}")
+        }
+        Event::ResponseSent { .. } => {}
+    }
+}
+
+fn serve_chunk(
+    st: &mut State,
+    peer: PeerId,
+    req: ChunkRequest,
+    channel: ResponseChannel<ChunkResponse>,
+) {
+    let resp = if !verified(st, &peer) {
+        warn!(peer = %peer, "refused chunk request from an unpaired peer");
+        ChunkResponse::Refused
+    } else {
+        let ChunkRequest::Get { id } = req;
+        match store(st).chunk(&id) {
+            Ok(Some(ct)) => {
+                st.shared.add_sent(ct.len() as u64);
+                ChunkResponse::Data(ct)
+            }
+            _ => ChunkResponse::Missing,
+        }
+    };
+    let _ = st.swarm.behaviour_mut().chunk.send_response(channel, resp);
+}
+
+/// Sends a fetch to the least busy verified peer it has not tried; queues it if all
+/// are busy; answers `None` when every peer was tried.
+fn dispatch_fetch(st: &mut State, f: ChunkFetch) {
+    let candidates: Vec<(PeerId, usize)> = st
+        .peers
+        .iter()
+        .filter(|(id, p)| p.verified && !f.tried.contains(id))
+        .map(|(id, p)| (*id, p.chunk_in_flight))
+        .collect();
+    if candidates.is_empty() {
+        let _ = f.reply.send(None);
+        return;
+    }
+    let Some((peer, busy)) = candidates.into_iter().min_by_key(|(_, n)| *n) else {
+        return;
+    };
+    if busy >= CHUNK_REQUESTS_PER_PEER {
+        st.queued_fetches.push_back(f);
+        return;
+    }
+    if let Some(p) = st.peers.get_mut(&peer) {
+        p.chunk_in_flight += 1;
+    }
+    let id = st
+        .swarm
+        .behaviour_mut()
+        .chunk
+        .send_request(&peer, ChunkRequest::Get { id: f.id });
+    st.fetches.insert(id, f);
+}
+
+fn drain_queue(st: &mut State) {
+    let n = st.queued_fetches.len();
+    for _ in 0..n {
+        let Some(f) = st.queued_fetches.pop_front() else {
+            break;
+        };
+        dispatch_fetch(st, f);
+    }
+}
+
+fn on_pair(st: &mut State, ev: request_response::Event<PairRequest, PairResponse>) {
+    use request_response::{Event, Message};
+    if let Event::Message {
+        peer,
+        message: Message::Request {
+            request, channel, ..
+        },
+        ..
+    } = ev
+    {
+        let resp = handle_pair(st, peer, request);
+        let _ = st.swarm.behaviour_mut().pair.send_response(channel, resp);
+    }
+}
+
+fn handle_pair(st: &mut State, peer: PeerId, req: PairRequest) -> PairResponse {
+    let PairRequest::Join { proof: got, name } = req;
+    let refuse = |reason: &str| PairResponse::Refused {
+        reason: reason.into(),
+    };
+    let Some(joiner) = device_id(&peer) else {
+        return refuse("unsupported key type");
+    };
+    let now = now_ms();
+    let matched = st
+        .invites
+        .iter()
+        .find(|(secret, exp)| **exp > now && proof(secret, &joiner) == got)
+        .map(|(s, _)| *s);
+    let Some(secret) = matched else {
+        warn!(peer = %peer, "refused pairing: wrong, used or expired code");
+        return refuse("wrong, already used or expired pairing code");
+    };
+    if name.len() > 256 {
+        return refuse("device name too long");
+    }
+    let shared = st.shared.clone();
+    let store = &shared.store;
+    let id = store.identity();
+    let cert = DeviceCertificate::issue(&id.person, joiner, &name, now);
+    let folders = match store.folders() {
+        Ok(f) => f.iter().map(Into::into).collect(),
+        Err(e) => return refuse(&format!("inviter cannot read its folders: {e}")),
+    };
+    let devices = store
+        .devices()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.to_bytes())
+        .collect();
+    if store.remember_device(&cert).is_err() {
+        return refuse("inviter cannot record the new device");
+    }
+    st.invites.remove(&secret);
+    if let Some(p) = st.peers.get_mut(&peer) {
+        p.verified = true;
+        p.name = Some(name.clone());
+    }
+    info!(peer = %peer, name = %name, "paired a new device");
+    PairResponse::Welcome {
+        person_seed: *id.person.to_seed(),
+        cert: cert.to_bytes(),
+        folders,
+        devices,
+    }
+}
+
+fn on_cmd(st: &mut State, cmd: Cmd) {
+    match cmd {
+        Cmd::FetchChunk { id, reply } => {
+            dispatch_fetch(
+                st,
+                ChunkFetch {
+                    id,
+                    tried: HashSet::new(),
+                    reply,
+                },
+            );
+        }
+        Cmd::Notify { folder, except } => notify_peers(st, folder, except),
+        Cmd::Control { req, reply } => {
+            let resp = control(st, req);
+            let _ = reply.send(resp);
+        }
+    }
+}
+
+fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
+    match req {
+        ControlRequest::Invite => {
+            let secret = weft_crypto::random_bytes::<16>();
+            let expires_ms = now_ms() + INVITE_TTL_MS;
+            st.invites.insert(secret, expires_ms);
+            let addrs: Vec<String> = st
+                .shared
+                .listen_addrs
+                .lock()
+                .map(|v| v.iter().map(|a| a.to_string()).collect())
+                .unwrap_or_default();
+            let inv = Invite {
+                version: 1,
+                device: store(st).identity().device_id(),
+                addrs,
+                secret,
+                expires_ms,
+            };
+            ControlResponse::Invite {
+                code: inv.encode(),
+                expires_ms,
+            }
+        }
+        ControlRequest::Status => {
+            let peers = st
+                .peers
+                .iter()
+                .filter(|(_, p)| p.verified)
+                .map(|(id, p)| PeerStatus {
+                    id: id.to_string(),
+                    name: p.name.clone(),
+                    address: p.addr.as_ref().map(|a| a.to_string()),
+                    connection: if p.relayed { "relayed" } else { "direct" }.into(),
+                    latency_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                })
+                .collect();
+            let folders: Vec<FolderStatus> = st
+                .shared
+                .status
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            ControlResponse::Status {
+                device: store(st).identity().device_id().to_string(),
+                listen: st
+                    .shared
+                    .listen_addrs
+                    .lock()
+                    .map(|v| v.iter().map(|a| a.to_string()).collect())
+                    .unwrap_or_default(),
+                peers,
+                folders,
+                bytes_received: st.shared.received(),
+                bytes_sent: st.shared.sent(),
+            }
+        }
+    }
+}

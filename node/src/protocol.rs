@@ -1,0 +1,244 @@
+//! weft's wire protocols: names, messages, size limits and the framing codec.
+//!
+//! Goals: every message is bounded before it is read (a peer's length prefix never
+//! decides an allocation beyond the protocol's limit); every decoder returns an error,
+//! never panics; protocol ids carry versions and message enums are only appended to.
+//!
+//! Non-goals: streaming. One chunk (≤ 256 KiB) is one request, so request-response
+//! with explicit limits carries transfers with bounded memory.
+use libp2p::StreamProtocol;
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::io;
+use std::marker::PhantomData;
+use weft_crypto::{ChunkId, DeviceId, FolderId};
+use weft_store::sync::SharedFolder;
+
+/// Log exchange between a person's devices.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/weft/sync/1");
+/// Chunk transfer.
+pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/weft/chunk/1");
+/// Pairing a new device.
+pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/weft/pair/1");
+
+/// Largest sync message (a batch of entries is at most 4 MiB, one entry at most 8 MiB).
+pub const MAX_SYNC_MESSAGE: usize = 12 << 20;
+/// Largest chunk message: one sealed chunk plus framing.
+pub const MAX_CHUNK_MESSAGE: usize = (256 << 10) + 1024;
+/// Largest pairing message.
+pub const MAX_PAIR_MESSAGE: usize = 1 << 20;
+
+/// Requests of `/weft/sync/1`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// Introduces the sender: its device certificate (from its person).
+    Hello {
+        /// The encoded [`weft_crypto::DeviceCertificate`].
+        cert: Vec<u8>,
+    },
+    /// Asks for the entries of `folder` the sender lacks, given its chain tips.
+    Pull {
+        /// The folder.
+        folder: FolderId,
+        /// The sender's last sequence number per author.
+        have: Vec<(DeviceId, u64)>,
+    },
+    /// Says the sender has new entries in `folder`.
+    Notify {
+        /// The folder.
+        folder: FolderId,
+    },
+}
+
+/// Responses of `/weft/sync/1`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// The answer to Hello.
+    Hello {
+        /// The responder's device certificate.
+        cert: Vec<u8>,
+    },
+    /// Entries the requester lacks.
+    Entries {
+        /// Encoded entries, oldest first per author.
+        entries: Vec<Vec<u8>>,
+        /// Whether more remain (pull again).
+        more: bool,
+    },
+    /// Acknowledges a Notify.
+    Ack,
+    /// The request was refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Requests of `/weft/chunk/1`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ChunkRequest {
+    /// One chunk's ciphertext.
+    Get {
+        /// The chunk.
+        id: ChunkId,
+    },
+}
+
+/// Responses of `/weft/chunk/1`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ChunkResponse {
+    /// The ciphertext (the requester checks it against the id).
+    Data(Vec<u8>),
+    /// Not here.
+    Missing,
+    /// Refused (unknown peer).
+    Refused,
+}
+
+/// Requests of `/weft/pair/1`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PairRequest {
+    /// A new device asks to join, proving it holds the pairing code's secret.
+    Join {
+        /// [`crate::pairing::proof`] over the joiner's own device id.
+        proof: [u8; 32],
+        /// The joiner's device name.
+        name: String,
+    },
+}
+
+/// Responses of `/weft/pair/1`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PairResponse {
+    /// Welcome: the person key, the joiner's certificate, the folders and the devices.
+    Welcome {
+        /// The person key's seed.
+        person_seed: [u8; 32],
+        /// The joiner's device certificate.
+        cert: Vec<u8>,
+        /// The person's folders.
+        folders: Vec<SharedFolder>,
+        /// Certificates of the person's other devices.
+        devices: Vec<Vec<u8>>,
+    },
+    /// Refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Length-prefixed postcard framing with a maximum size per direction.
+pub struct Codec<Req, Resp> {
+    max_request: usize,
+    max_response: usize,
+    _p: PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> Clone for Codec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Codec {
+            max_request: self.max_request,
+            max_response: self.max_response,
+            _p: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> Codec<Req, Resp> {
+    /// A codec refusing requests over `max_request` and responses over `max_response` bytes.
+    pub fn new(max_request: usize, max_response: usize) -> Self {
+        Codec {
+            max_request,
+            max_response,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// Reads one frame of at most `max` bytes and decodes it.
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    io: &mut R,
+    max: usize,
+) -> io::Result<T> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    postcard::from_bytes(&buf).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("malformed message: {e}"),
+        )
+    })
+}
+
+/// Encodes and writes one frame, refusing to send more than `max` bytes.
+pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
+    io: &mut W,
+    msg: &T,
+    max: usize,
+) -> io::Result<()> {
+    let buf =
+        postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if buf.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {} bytes is over the limit of {max}", buf.len()),
+        ));
+    }
+    io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
+    io.write_all(&buf).await?;
+    io.close().await
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for Codec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Req> {
+        read_frame(io, self.max_request).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Resp> {
+        read_frame(io, self.max_response).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Req,
+    ) -> io::Result<()> {
+        write_frame(io, &req, self.max_request).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        resp: Resp,
+    ) -> io::Result<()> {
+        write_frame(io, &resp, self.max_response).await
+    }
+}
