@@ -251,17 +251,18 @@ pub async fn run(
     };
     // One worker per folder, and the watcher that kicks them.
     let mut watched = Vec::new();
+    let mut workers = Vec::new();
     for f in shared.store.folders()? {
         let kick = FolderKick::new();
         st.kicks.insert(f.id, kick.clone());
         watched.push((f.root_path(), kick.clone()));
-        tokio::spawn(folder_worker(
+        workers.push(tokio::spawn(folder_worker(
             shared.clone(),
             f,
             kick,
             cmd_tx.clone(),
             cfg.clone(),
-        ));
+        )));
     }
     let _watcher = crate::watch::watch(watched)?;
     // Dial what we know.
@@ -297,6 +298,23 @@ pub async fn run(
         }
     }
     info!("shutting down");
+    // Stop the workers; a round in progress finishes its current step (a fetch fails
+    // at once now that the swarm is gone) and the store closes when the last of them
+    // lets go of it.
+    for w in &workers {
+        w.abort();
+    }
+    drop(st);
+    drop(cmds);
+    drop(cmd_tx);
+    drop(_watcher);
+    for w in workers {
+        let _ = w.await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }
 

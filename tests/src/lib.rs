@@ -1,4 +1,222 @@
-//! End-to-end tests that run several weft nodes and a relay on loopback.
+//! End-to-end tests that run several weft nodes on loopback, and the helpers they share.
 //!
-//! Multi-device tests arrive with the node crate; single-device end-to-end tests of the
-//! `weft` command live in `cli/tests/`, where Cargo can hand them the built binary.
+//! Nodes run in-process (each with its own home, database and folder, talking real
+//! libp2p over 127.0.0.1); tests that kill a node with SIGKILL run the `weft` binary.
+//! Single-device tests of the `weft` command live in `cli/tests/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use weft_node::NodeConfig;
+use weft_store::Home;
+
+/// A device under test: a home, a folder root, a fixed loopback port.
+pub struct Device {
+    pub name: String,
+    pub home: Home,
+    pub root: PathBuf,
+    pub port: u16,
+    running: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Device {
+    /// A device with nothing set up yet, under `base/name`.
+    pub fn new(base: &Path, name: &str) -> Device {
+        Device {
+            name: name.into(),
+            home: Home::new(base.join(format!("{name}-home"))),
+            root: base.join(format!("{name}-files")),
+            port: free_port(),
+            running: None,
+        }
+    }
+
+    /// Initializes the device and adds its folder (the first device of a person).
+    pub fn create_folder(&mut self) {
+        std::fs::create_dir_all(&self.root).unwrap();
+        self.home.init(&self.name, 0).unwrap();
+        let store = weft_store::Store::open(&self.home).unwrap();
+        store.add_folder(&self.root, Some("shared")).unwrap();
+    }
+
+    /// Starts the node, dialing `peers`' ports.
+    pub fn start(&mut self, peers: &[u16]) {
+        assert!(self.running.is_none(), "{} already running", self.name);
+        let cfg = NodeConfig {
+            listen: vec![format!("/ip4/127.0.0.1/tcp/{}", self.port).parse().unwrap()],
+            peers: peers
+                .iter()
+                .map(|p| format!("/ip4/127.0.0.1/tcp/{p}").parse().unwrap())
+                .collect(),
+            mdns: false,
+            rescan_every: Duration::from_secs(3),
+            pull_every: Duration::from_secs(2),
+            debounce: Duration::from_millis(50),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let home = self.home.clone();
+        let name = self.name.clone();
+        let h = tokio::spawn(async move {
+            if let Err(e) = weft_node::start(&home, cfg, async {
+                let _ = rx.await;
+            })
+            .await
+            {
+                panic!("node {name} failed: {e}");
+            }
+        });
+        self.running = Some((h, tx));
+        self.wait_control();
+    }
+
+    fn wait_control(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while weft_node::control::request(&self.home, &weft_node::control::ControlRequest::Status)
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "{} did not start", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the node and waits until its store is closed.
+    pub async fn stop(&mut self) {
+        if let Some((h, tx)) = self.running.take() {
+            let _ = tx.send(());
+            h.await.unwrap();
+        }
+    }
+
+    /// A pairing code from this (running) device.
+    pub fn invite(&self) -> String {
+        match weft_node::control::request(&self.home, &weft_node::control::ControlRequest::Invite)
+            .unwrap()
+        {
+            weft_node::control::ControlResponse::Invite { code, .. } => code,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Joins via `code`; the folder lands in this device's root.
+    pub async fn join(&mut self, code: &str) {
+        let parent = self
+            .root
+            .parent()
+            .unwrap()
+            .join(format!("{}-parent", self.name));
+        let joined = weft_node::join::join(&self.home, code, &parent, &self.name)
+            .await
+            .unwrap();
+        assert_eq!(joined.folders.len(), 1);
+        self.root = joined.folders[0].1.clone();
+    }
+
+    /// The connected, verified peers.
+    pub fn peers(&self) -> usize {
+        match weft_node::control::request(&self.home, &weft_node::control::ControlRequest::Status)
+            .unwrap()
+        {
+            weft_node::control::ControlResponse::Status { peers, .. } => peers.len(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, data: &[u8]) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+}
+
+/// What a folder holds, for comparing devices: path → file bytes and executable bit,
+/// or a directory marker. weft's own `.weft/` is left out.
+pub type Snapshot = BTreeMap<String, Option<(Vec<u8>, bool)>>;
+
+pub fn snapshot(root: &Path) -> Snapshot {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".weft" {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                out.insert(rel, None);
+                walk(root, &p, out);
+            } else if m.is_file() {
+                let exec = m.permissions().mode() & 0o100 != 0;
+                out.insert(rel, Some((std::fs::read(&p).unwrap_or_default(), exec)));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// Waits until every device's folder holds the same tree (and stays so for a moment).
+pub async fn converge(devices: &[&Device], within: Duration) -> Snapshot {
+    let deadline = Instant::now() + within;
+    let mut stable_since: Option<(Instant, Snapshot)> = None;
+    loop {
+        let snaps: Vec<Snapshot> = devices.iter().map(|d| snapshot(&d.root)).collect();
+        let same = snaps.windows(2).all(|w| w[0] == w[1]);
+        if same {
+            match &stable_since {
+                Some((t, s)) if *s == snaps[0] && t.elapsed() > Duration::from_millis(700) => {
+                    return snaps[0].clone();
+                }
+                Some((_, s)) if *s == snaps[0] => {}
+                _ => stable_since = Some((Instant::now(), snaps[0].clone())),
+            }
+        } else {
+            stable_since = None;
+        }
+        if Instant::now() > deadline {
+            let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+            for (n, s) in names.iter().zip(&snaps) {
+                eprintln!(
+                    "{n}: {:?}",
+                    s.iter()
+                        .map(|(k, v)| (k, v.as_ref().map(|(b, x)| (b.len(), *x))))
+                        .collect::<Vec<_>>()
+                );
+            }
+            panic!("devices {names:?} did not converge within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for a condition.
+pub async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,209 @@
+//! A person's devices keep a folder identical over real libp2p connections.
+use std::time::Duration;
+use weft_tests::*;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+/// Three devices of one person: A creates the folder, B and C pair with it.
+async fn three_devices(base: &std::path::Path) -> (Device, Device, Device) {
+    let mut a = Device::new(base, "a");
+    let mut b = Device::new(base, "b");
+    let mut c = Device::new(base, "c");
+    a.create_folder();
+    a.write("hello.txt", b"hello from a");
+    a.start(&[]);
+    let code = a.invite();
+    b.join(&code).await;
+    let code = a.invite();
+    c.join(&code).await;
+    b.start(&[a.port]);
+    c.start(&[a.port, b.port]);
+    (a, b, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_converge_on_every_kind_of_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_devices(tmp.path()).await;
+    let s = converge(&[&a, &b, &c], WAIT).await;
+    assert_eq!(s["hello.txt"], Some((b"hello from a".to_vec(), false)));
+
+    // Every kind of change, each made on a different device.
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    b.write("docs/big.bin", &big);
+    c.write("notes/todo.txt", b"one");
+    std::fs::create_dir_all(c.path("empty/dir")).unwrap();
+    converge(&[&a, &b, &c], WAIT).await;
+
+    a.write("notes/todo.txt", b"one, two"); // modify
+    std::fs::rename(b.path("docs/big.bin"), b.path("big-moved.bin")).unwrap(); // move
+    std::fs::remove_file(c.path("hello.txt")).unwrap(); // delete
+    std::fs::remove_dir(c.path("empty/dir")).unwrap(); // remove an empty dir
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(a.path("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(a.path("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let s = converge(&[&a, &b, &c], WAIT).await;
+    assert_eq!(s["notes/todo.txt"], Some((b"one, two".to_vec(), false)));
+    assert_eq!(s["big-moved.bin"], Some((big.clone(), false)));
+    assert!(!s.contains_key("docs/big.bin"));
+    assert!(!s.contains_key("hello.txt"));
+    assert!(!s.contains_key("empty/dir"));
+    assert!(s.contains_key("empty"));
+    assert_eq!(
+        s["run.sh"].as_ref().unwrap().1,
+        true,
+        "the executable bit syncs"
+    );
+
+    // C offline while A and B change things; C catches up when it returns.
+    c.stop().await;
+    a.write("while-away/a.txt", b"written while c was away");
+    std::fs::remove_file(b.path("notes/todo.txt")).unwrap();
+    converge(&[&a, &b], WAIT).await;
+    c.start(&[a.port, b.port]);
+    let s = converge(&[&a, &b, &c], WAIT).await;
+    assert_eq!(
+        s["while-away/a.txt"],
+        Some((b"written while c was away".to_vec(), false))
+    );
+    assert!(!s.contains_key("notes/todo.txt"));
+
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_while_partitioned_make_the_same_conflict_copy_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_devices(tmp.path()).await;
+    a.write("report.txt", b"first draft");
+    converge(&[&a, &b, &c], WAIT).await;
+
+    // B is cut off; A and B both edit the same file.
+    b.stop().await;
+    a.write("report.txt", b"edited on a");
+    converge(&[&a, &c], WAIT).await;
+    b.write("report.txt", b"edited on b, offline");
+    b.start(&[a.port, c.port]);
+    let s = converge(&[&a, &b, &c], WAIT).await;
+
+    let copies: Vec<&String> = s
+        .keys()
+        .filter(|k| k.starts_with("report.sync-conflict-"))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "exactly one conflict copy: {:?}",
+        s.keys().collect::<Vec<_>>()
+    );
+    assert!(copies[0].ends_with(".txt"));
+    let mut contents = vec![
+        s["report.txt"].as_ref().unwrap().0.clone(),
+        s[copies[0]].as_ref().unwrap().0.clone(),
+    ];
+    contents.sort();
+    assert_eq!(
+        contents,
+        vec![b"edited on a".to_vec(), b"edited on b, offline".to_vec()],
+        "nothing lost"
+    );
+
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_beats_a_concurrent_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Device::new(tmp.path(), "a");
+    let mut b = Device::new(tmp.path(), "b");
+    a.create_folder();
+    a.write("keep.txt", b"v1");
+    a.start(&[]);
+    b.join(&a.invite()).await;
+    b.start(&[a.port]);
+    converge(&[&a, &b], WAIT).await;
+    b.stop().await;
+    std::fs::remove_file(a.path("keep.txt")).unwrap();
+    eventually("a records the delete", WAIT, || {
+        weft_node::control::request(&a.home, &weft_node::control::ControlRequest::Status).is_ok()
+            && !a.path("keep.txt").exists()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.write("keep.txt", b"v2, edited while a deleted it");
+    b.start(&[a.port]);
+    let s = converge(&[&a, &b], WAIT).await;
+    assert_eq!(
+        s["keep.txt"],
+        Some((b"v2, edited while a deleted it".to_vec(), false))
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_refuses_wrong_reused_and_expired_codes_and_strangers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Device::new(tmp.path(), "a");
+    a.create_folder();
+    a.write("secret.txt", b"for my devices only");
+    a.start(&[]);
+    let code = a.invite();
+
+    // A damaged code is refused before anything happens.
+    let mut b = Device::new(tmp.path(), "b");
+    let mut bad = code.clone();
+    bad.pop();
+    let parent = tmp.path().join("b-parent");
+    let err = weft_node::join::join(&b.home, &bad, &parent, "b")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert!(!b.home.is_initialized(), "a refused join writes nothing");
+
+    // A code with the right shape but the wrong secret is refused by the inviter.
+    let mut inv = weft_node::pairing::Invite::decode(&code).unwrap();
+    inv.secret[0] ^= 1;
+    let err = weft_node::join::join(&b.home, &inv.encode(), &parent, "b")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(!b.home.is_initialized());
+
+    // An expired code is refused.
+    let mut old = weft_node::pairing::Invite::decode(&code).unwrap();
+    old.expires_ms = 1;
+    let err = weft_node::join::join(&b.home, &old.encode(), &parent, "b")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+
+    // The real code works once...
+    b.join(&code).await;
+    // ...and not twice.
+    let c = Device::new(tmp.path(), "c");
+    let err = weft_node::join::join(&c.home, &code, &tmp.path().join("c-parent"), "c")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(!c.home.is_initialized());
+
+    // A stranger (another person) that dials A is never served.
+    let mut s = Device::new(tmp.path(), "stranger");
+    s.create_folder();
+    s.start(&[a.port]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.peers(), 0, "a stranger is not a peer");
+    assert_eq!(a.peers(), 0);
+    assert!(!s.root.join("secret.txt").exists());
+    s.stop().await;
+    a.stop().await;
+}
