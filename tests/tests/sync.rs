@@ -53,11 +53,7 @@ async fn three_devices_converge_on_every_kind_of_change() {
     assert!(!s.contains_key("hello.txt"));
     assert!(!s.contains_key("empty/dir"));
     assert!(s.contains_key("empty"));
-    assert_eq!(
-        s["run.sh"].as_ref().unwrap().1,
-        true,
-        "the executable bit syncs"
-    );
+    assert!(s["run.sh"].as_ref().unwrap().1, "the executable bit syncs");
 
     // C offline while A and B change things; C catches up when it returns.
     c.stop().await;
