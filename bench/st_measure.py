@@ -16,12 +16,12 @@
                         after which /rest/db/status reports localFiles and localBytes
                         equal to what is on disk (Syncthing counts a directory as 128
                         bytes), wall clock in this process;
-        initial_event_s Syncthing's own time in state "scanning" (the `duration` of
-                        StateChanged events leaving "scanning", summed);
+        initial_event_s Syncthing's own time in state "scanning" (from the timestamp
+                        of the event entering "scanning" to that of the next event);
         rescan_wall_s   POST /rest/db/scan?folder=ID on the unchanged folder (the call
                         returns when the scan is done), wall clock;
         rescan_event_s  Syncthing's time in "scanning" during that rescan.
-      Also reports Syncthing's peak RSS so far (VmHWM of PID). Prints one JSON object.
+      Also reports Syncthing's peak RSS (VmHWM of the largest process under PID). Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -109,43 +109,88 @@ def on_disk(path: str) -> tuple[int, int, int]:
     return files, dirs, size
 
 
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
 def vmhwm_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    """Peak RSS of the largest process in PID's tree (`syncthing serve` runs a small
+    monitor process whose child does the work)."""
+    best = None
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        v = int(line.split()[1])
+                        best = v if best is None else max(best, v)
+        except OSError:
+            pass
+    return best
 
 
 def last_event_id(rest: Rest) -> int:
-    ev = rest.call("GET", "/rest/events?limit=1&timeout=1")
+    """The last StateChanged event id. A filtered subscription numbers its events on its
+    own (`id`; `globalID` is the global number), so ask the same filtered subscription the
+    waits use. Blocks up to 1 s when there is none yet (outside any timed span)."""
+    ev = rest.call("GET", "/rest/events?events=StateChanged&limit=1&timeout=1")
     return ev[-1]["id"] if ev else 0
 
 
+def parse_time(t: str) -> float:
+    """Seconds since the epoch of an RFC 3339 event time with nanoseconds."""
+    from datetime import datetime
+    main, _, frac = t.rstrip("Z").partition(".")
+    base = datetime.fromisoformat(main + "+00:00").timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+def scanning_time(events: list) -> float:
+    """Syncthing's own time in state "scanning": from each event entering "scanning" to
+    the next event of the folder, by the events' timestamps."""
+    total, start = 0.0, None
+    for ev in events:
+        d = ev["data"]
+        t = parse_time(ev["time"])
+        if start is not None:
+            total += t - start
+            start = None
+        if d.get("to") == "scanning":
+            start = t
+    return total
+
+
+def folder_events(rest: Rest, folder: str, since: int, timeout: int):
+    evs = rest.call("GET", f"/rest/events?events=StateChanged&since={since}&timeout={timeout}",
+                    timeout=timeout + 30) or []
+    last = max([since] + [ev["id"] for ev in evs])
+    return [ev for ev in evs if (ev.get("data") or {}).get("folder") == folder], last
+
+
 def wait_idle(rest: Rest, folder: str, since: int, files: int, dirs: int, size: int, deadline: float):
-    """Long-polls StateChanged events until the folder went scanning->idle with the expected
-    counts. Returns (wall time of the last event, seconds spent scanning, last event id, states)."""
-    scanning_s = 0.0
-    states = []
+    """Long-polls StateChanged events until the folder went to idle with the expected
+    counts. Returns (monotonic time the idle event was received, the folder's events)."""
+    seen = []
     while time.monotonic() < deadline:
-        evs = rest.call("GET", f"/rest/events?events=StateChanged&since={since}&timeout=30", timeout=60) or []
+        evs, since = folder_events(rest, folder, since, 30)
         for ev in evs:
-            since = max(since, ev["id"])
-            d = ev.get("data") or {}
-            if d.get("folder") != folder:
-                continue
-            states.append(d.get("to"))
-            if d.get("from") == "scanning":
-                scanning_s += float(d.get("duration") or 0.0)
-            if d.get("to") == "idle":
+            seen.append(ev)
+            if ev["data"].get("to") == "idle":
                 t = time.monotonic()
                 st = rest.call("GET", f"/rest/db/status?folder={folder}")
                 # Syncthing counts a directory as 128 bytes in localBytes.
                 if st.get("localFiles") == files and st.get("localBytes") in (size, size + 128 * dirs):
-                    return t, scanning_s, since, states, st
+                    return t, seen
     raise SystemExit(f"timed out waiting for folder {folder} to be idle with {files} files")
 
 
@@ -169,7 +214,7 @@ def cmd_measure(a) -> int:
 
     t0 = time.monotonic()
     rest.call("POST", "/rest/config/folders", folder)
-    t1, scan_s, since, states, st = wait_idle(rest, a.folder_id, since, files, dirs, size, deadline)
+    t1, initial_events = wait_idle(rest, a.folder_id, since, files, dirs, size, deadline)
     initial_wall = t1 - t0
     rss_initial = vmhwm_kib(a.pid)
 
@@ -179,14 +224,10 @@ def cmd_measure(a) -> int:
     rest.call("POST", f"/rest/db/scan?folder={a.folder_id}")
     t1 = time.monotonic()
     rescan_wall = t1 - t0
-    # The rescan's own state changes (already emitted: the call returned after the scan).
-    rescan_event = 0.0
-    evs = rest.call("GET", f"/rest/events?events=StateChanged&since={since}&timeout=1") or []
-    for ev in evs:
-        d = ev.get("data") or {}
-        if d.get("folder") == a.folder_id and d.get("from") == "scanning":
-            rescan_event += float(d.get("duration") or 0.0)
+    # The rescan's own state changes (already emitted: the call returns after the scan).
+    rescan_events, _ = folder_events(rest, a.folder_id, since, 1)
     st2 = rest.call("GET", f"/rest/db/status?folder={a.folder_id}")
+    brief = lambda evs: [(ev["time"], ev["data"].get("from"), ev["data"].get("to")) for ev in evs]
 
     out = {
         "tool": "syncthing",
@@ -197,16 +238,20 @@ def cmd_measure(a) -> int:
         "dirs": dirs,
         "bytes": size,
         "initial_wall_s": round(initial_wall, 4),
-        "initial_event_s": round(scan_s, 4),
-        "initial_states": states,
+        "initial_event_s": round(scanning_time(initial_events), 4),
+        "initial_events": brief(initial_events),
         "rescan_wall_s": round(rescan_wall, 4),
-        "rescan_event_s": round(rescan_event, 4),
+        "rescan_event_s": round(scanning_time(rescan_events), 4),
+        "rescan_events": brief(rescan_events),
         "local_files": st2.get("localFiles"),
         "local_bytes": st2.get("localBytes"),
         "peak_rss_kib_after_initial": rss_initial,
         "peak_rss_kib": vmhwm_kib(a.pid),
     }
     print(json.dumps(out))
+    print(f"[syncthing_scan] {a.label}: initial scan {initial_wall:.3f} s wall "
+          f"({out['initial_event_s']:.3f} s scanning), rescan {rescan_wall * 1000:.0f} ms, "
+          f"peak RSS {(out['peak_rss_kib'] or 0) / 1024:.0f} MiB", file=sys.stderr)
     return 0
 
 

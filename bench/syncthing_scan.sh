@@ -119,7 +119,7 @@ for spec in "${SETS[@]}"; do
       tail -20 "$home/syncthing.log" >&2
       exit 1
     fi
-    log "$label run $r: $(tail -1 "$RESULTS" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"initial {d["initial_wall_s"]:.3f} s (scanning {d["initial_event_s"]:.3f} s), rescan {d["rescan_wall_s"]*1000:.0f} ms, peak RSS {d["peak_rss_kib"]/1024:.0f} MiB")')"
+    # (st_measure.py prints a one-line summary on stderr)
 
     curl -fsS -X POST -H "X-API-Key: $apikey" "http://127.0.0.1:$gport/rest/system/shutdown" >/dev/null 2>&1 || true
     for ((i = 0; i < 100; i++)); do kill -0 "$ST_PID" 2>/dev/null || break; sleep 0.1; done

@@ -28,8 +28,8 @@ fn stream(len: usize) -> Vec<u8> {
 fn a_file_appended_to_during_a_scan_is_skipped_or_recorded_as_it_was() {
     // Larger than the 4 MiB blocks the scanner reads at a time, so a read spans
     // appends (a one-block file is read in one go and sealed afterwards).
-    const INITIAL: usize = 10 << 20;
-    const CAP: usize = 40 << 20;
+    const INITIAL: usize = 6 << 20;
+    const CAP: usize = 32 << 20;
     let env = Env::new();
     env.write("growing.log", &stream(INITIAL));
     env.write("steady.txt", b"steady");
