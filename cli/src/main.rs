@@ -375,7 +375,7 @@ fn run(cli: Cli) -> Result<i32> {
                 println!(
                     "Restored version {} of {} ({}); recorded as its newest version.",
                     rep.version,
-                    rep.written_to.display(),
+                    rep.written_to,
                     human_bytes(rep.bytes)
                 );
             } else {
@@ -383,7 +383,7 @@ fn run(cli: Cli) -> Result<i32> {
                     "Wrote version {} of {} to {} ({}).",
                     rep.version,
                     path.display(),
-                    rep.written_to.display(),
+                    rep.written_to,
                     human_bytes(rep.bytes)
                 );
             }

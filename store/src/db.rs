@@ -213,6 +213,18 @@ pub fn dec<'a, T: Deserialize<'a>>(what: &'static str, b: &'a [u8]) -> Result<T>
 /// Opens (creating if needed) the database and runs migrations.
 pub fn open(path: &Path) -> Result<Database> {
     let db = Database::create(path)?;
+    // Up to date: open without writing (so reading works on a full disk).
+    {
+        let r = db.begin_read()?;
+        if let Ok(meta) = r.open_table(META)
+            && let Some(v) = meta.get("schema")?
+            && v.value() == SCHEMA_VERSION.to_le_bytes().as_slice()
+        {
+            drop(meta);
+            drop(r);
+            return Ok(db);
+        }
+    }
     let txn = db.begin_write()?;
     {
         let mut meta = txn.open_table(META)?;

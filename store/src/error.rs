@@ -59,6 +59,12 @@ pub enum StoreError {
     /// A folder's root is gone: it is never read as "every file was deleted".
     #[error("folder root {0} is missing or not a directory: not scanning (is the disk mounted?)")]
     RootMissing(PathBuf),
+    /// A folder root is there but its marker is not: most likely the disk that holds
+    /// it is not mounted and this is the empty mount point.
+    #[error(
+        "folder root {0} lacks its .weft/folder marker: not scanning (is the disk mounted? if the folder was really emptied, remove and re-add it)"
+    )]
+    MarkerMissing(PathBuf),
     /// A path is not inside any registered folder.
     #[error("{0} is not inside a weft folder")]
     NotInFolder(PathBuf),

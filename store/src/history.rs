@@ -62,8 +62,8 @@ pub struct LogItem {
 /// What `weft restore` did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RestoreReport {
-    /// Where the bytes were written.
-    pub written_to: PathBuf,
+    /// Where the bytes were written (shown lossily if not UTF-8).
+    pub written_to: String,
     /// How many.
     pub bytes: u64,
     /// The restored version's number.
@@ -300,7 +300,7 @@ impl Store {
             new_version = true;
         }
         Ok(RestoreReport {
-            written_to: target,
+            written_to: target.display().to_string(),
             bytes: manifest.size,
             version: number,
             new_version,

@@ -44,6 +44,29 @@ pub const TEMP_DIR: &str = ".weft";
 pub const DEFAULT_IGNORES: &[&str] = &["/.weft/", "*.swp", "~$*", ".#*"];
 /// The ignore file read from the folder root.
 pub const IGNORE_FILE: &str = ".weftignore";
+/// The marker in every folder root (`.weft/folder`, holding the folder id): a root
+/// without it (an unmounted disk's empty mount point) is never scanned.
+pub const MARKER: &str = "folder";
+
+/// Writes a folder's marker.
+pub fn write_marker(root: &Path, id: &weft_crypto::FolderId) -> Result<()> {
+    let dir = root.join(TEMP_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+    let p = dir.join(MARKER);
+    std::fs::write(&p, id.to_string()).map_err(|e| StoreError::io(&p, e))
+}
+
+/// Checks that `root` is there, a directory, and carries the folder's marker.
+pub fn check_root(root: &Path, id: &weft_crypto::FolderId) -> Result<()> {
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        _ => return Err(StoreError::RootMissing(root.to_path_buf())),
+    }
+    match std::fs::read_to_string(root.join(TEMP_DIR).join(MARKER)) {
+        Ok(s) if s.trim() == id.to_string() => Ok(()),
+        _ => Err(StoreError::MarkerMissing(root.to_path_buf())),
+    }
+}
 
 const BATCH_OPS: usize = 2000;
 const BATCH_BYTES: u64 = 128 << 20;
@@ -566,10 +589,7 @@ impl Store {
     pub fn scan(&self, folder: &FolderRecord, progress: &dyn Progress) -> Result<ScanSummary> {
         let started = Instant::now();
         let root = folder.root_path();
-        match std::fs::metadata(&root) {
-            Ok(m) if m.is_dir() => {}
-            _ => return Err(StoreError::RootMissing(root)),
-        }
+        check_root(&root, &folder.id)?;
         let index = self.index_rows(folder)?;
         let (gi, mut warnings) = ignore_matcher(&root)?;
         let w = walk(&root, &gi, &index)?;
@@ -731,12 +751,9 @@ impl Store {
         )?;
 
         // The root must still be there before anything is recorded as deleted.
-        match std::fs::metadata(&root) {
-            Ok(m) if m.is_dir() => {}
-            _ => {
-                writer.commit()?;
-                return Err(StoreError::RootMissing(root));
-            }
+        if let Err(e) = check_root(&root, &folder.id) {
+            writer.commit()?;
+            return Err(e);
         }
         for (path, _) in deleted_files {
             writer.entry(

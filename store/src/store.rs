@@ -91,6 +91,9 @@ impl Store {
     /// Records a verified device certificate.
     pub fn remember_device(&self, cert: &DeviceCertificate) -> Result<()> {
         cert.verify(None)?;
+        if self.device_cert(&cert.body.device)?.is_some() {
+            return Ok(()); // known: no write (read-only commands work on a full disk)
+        }
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(db::DEVICES)?;
@@ -178,6 +181,7 @@ impl Store {
             created_ms: now_ms(),
             last_scan_ms: None,
         };
+        crate::scan::write_marker(&root, &rec.id)?;
         let txn = self.db.begin_write()?;
         txn.open_table(db::FOLDERS)?
             .insert(rec.id.0.as_slice(), db::enc(&rec).as_slice())?;

@@ -384,6 +384,7 @@ impl Store {
             created_ms: now_ms(),
             last_scan_ms: None,
         };
+        crate::scan::write_marker(&canon, &rec.id)?;
         let txn = self.db.begin_write()?;
         txn.open_table(db::FOLDERS)?
             .insert(rec.id.0.as_slice(), db::enc(&rec).as_slice())?;
