@@ -96,6 +96,8 @@ pub struct PackWriter {
     next: u32,
     cur: Option<(u32, File, u64)>,
     dirty: bool,
+    /// Packs closed by rotation since the last [`PackWriter::sync`].
+    unsynced: Vec<File>,
 }
 
 impl PackWriter {
@@ -105,18 +107,18 @@ impl PackWriter {
             next,
             cur: None,
             dirty: false,
+            unsynced: Vec::new(),
         })
     }
 
     /// Appends one chunk's ciphertext and says where it went.
     pub fn append(&mut self, ciphertext: &[u8]) -> Result<CacheLoc> {
-        if self
-            .cur
-            .as_ref()
-            .is_some_and(|(_, _, off)| *off >= PACK_LIMIT)
+        if self.cur.as_ref().is_some_and(|(_, _, off)| *off >= PACK_LIMIT)
+            && let Some((_, f, _)) = self.cur.take()
         {
-            self.sync()?;
-            self.cur = None;
+            // Not synced here: a scan never syncs packs (see the module docs), and
+            // `sync` still covers this one for gc.
+            self.unsynced.push(f);
         }
         let (pack, file, offset) = match &mut self.cur {
             Some(c) => c,
@@ -156,6 +158,9 @@ impl PackWriter {
     /// Makes everything appended so far durable; call before committing a
     /// transaction whose loss of these bytes could not be recovered (gc compaction).
     pub fn sync(&mut self) -> Result<()> {
+        for f in self.unsynced.drain(..) {
+            f.sync_data().map_err(|e| StoreError::io(&self.cache.dir, e))?;
+        }
         if self.dirty
             && let Some((pack, file, _)) = &self.cur
         {
