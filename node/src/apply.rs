@@ -406,6 +406,9 @@ fn remove(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(&target)(e)),
             }
+            shared
+                .store
+                .replace_locs(&folder.id, path, row.as_ref(), None)?;
         }
         IndexKind::Dir => match std::fs::remove_dir(&target) {
             Ok(()) => {}
@@ -467,6 +470,7 @@ fn write_file(
     }
     std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
     if conflict_of.is_none() {
+        store.replace_locs(&folder.id, path, row.as_ref(), Some(manifest))?;
         let m = std::fs::symlink_metadata(&target).map_err(io_err(&target))?;
         store.set_index_row(
             &folder.id,
@@ -520,7 +524,19 @@ fn assemble(
         let (ct, fetched) = match src {
             Source::Cache => match store.chunk(&c.id)? {
                 Some(ct) => (ct, false),
-                None => return Err(NodeError::ChunkUnavailable(c.id.to_string())),
+                // Listed here but gone (the file changed since): ask the peers.
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    cmds.blocking_send(Cmd::FetchChunk {
+                        id: c.id,
+                        reply: tx,
+                    })
+                    .map_err(|_| NodeError::Network("node is shutting down".into()))?;
+                    match rx.blocking_recv() {
+                        Ok(Some(ct)) => (ct, true),
+                        _ => return Err(NodeError::ChunkUnavailable(c.id.to_string())),
+                    }
+                }
             },
             Source::Fetch(rx) => match rx.blocking_recv() {
                 Ok(Some(ct)) => (ct, true),

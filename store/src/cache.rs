@@ -113,7 +113,10 @@ impl PackWriter {
 
     /// Appends one chunk's ciphertext and says where it went.
     pub fn append(&mut self, ciphertext: &[u8]) -> Result<CacheLoc> {
-        if self.cur.as_ref().is_some_and(|(_, _, off)| *off >= PACK_LIMIT)
+        if self
+            .cur
+            .as_ref()
+            .is_some_and(|(_, _, off)| *off >= PACK_LIMIT)
             && let Some((_, f, _)) = self.cur.take()
         {
             // Not synced here: a scan never syncs packs (see the module docs), and
@@ -159,7 +162,8 @@ impl PackWriter {
     /// transaction whose loss of these bytes could not be recovered (gc compaction).
     pub fn sync(&mut self) -> Result<()> {
         for f in self.unsynced.drain(..) {
-            f.sync_data().map_err(|e| StoreError::io(&self.cache.dir, e))?;
+            f.sync_data()
+                .map_err(|e| StoreError::io(&self.cache.dir, e))?;
         }
         if self.dirty
             && let Some((pack, file, _)) = &self.cur

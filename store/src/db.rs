@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_crypto::{ChunkId, DeviceId, FolderId, FolderSecret, Hash, PersonId};
 
 /// Current schema version, kept in `meta-1` under `"schema"`.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `name → value`: schema version and similar.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
@@ -35,6 +35,8 @@ pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks-1
 pub const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices-1");
 /// `device id (32) → Vec<String>`: the last addresses (multiaddrs) a device was seen at.
 pub const PEER_ADDRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peer-addrs-1");
+/// `chunk id (32) → FileLoc`: where a chunk of a current file can be read.
+pub const CHUNK_LOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk-locs-1");
 
 /// A registered folder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -260,6 +262,10 @@ pub fn open(path: &Path) -> Result<Database> {
         // Migration 1 → 2: peer addresses.
         if current < 2 {
             txn.open_table(PEER_ADDRS)?;
+        }
+        // Migration 2 → 3: chunk locations in current files.
+        if current < 3 {
+            txn.open_table(CHUNK_LOCS)?;
         }
         meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }

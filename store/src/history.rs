@@ -97,12 +97,8 @@ impl Store {
         let r = self.db.begin_read()?;
         let versions = r.open_table(db::VERSIONS)?;
         let chunks = r.open_table(db::CHUNKS)?;
+        let locs = r.open_table(db::CHUNK_LOCS)?;
         let devices = r.open_table(db::DEVICES)?;
-        let index = r.open_table(db::INDEX)?;
-        let current_row: Option<IndexRow> = index
-            .get(db::key_path(&folder.id, path).as_slice())?
-            .map(|v| db::dec("index row", v.value()))
-            .transpose()?;
         let mut recs: Vec<VersionRecord> = Vec::new();
         db::scan_prefix(
             &versions,
@@ -113,22 +109,14 @@ impl Store {
             },
         )?;
         recs.sort_by_key(|r| (r.time_ms, r.version.id));
-        let on_disk: HashSet<ChunkId> = match &current_row {
-            Some(row) if row.kind == IndexKind::File => {
-                crate::store::version_manifest(&versions, &folder.id, path, &row.version)
-                    .map(|m| m.chunks.iter().map(|c| c.id).collect())
-                    .unwrap_or_default()
-            }
-            _ => HashSet::new(),
-        };
         let mut out = Vec::with_capacity(recs.len());
         for (i, rec) in recs.into_iter().enumerate() {
             let restorable = match &rec.manifest {
                 Some(m) => {
                     let mut ok = true;
                     for c in &m.chunks {
-                        if !on_disk.contains(&c.id)
-                            && chunks.get(db::chunk_key(&c.id).as_slice())?.is_none()
+                        if chunks.get(db::chunk_key(&c.id).as_slice())?.is_none()
+                            && locs.get(db::chunk_key(&c.id).as_slice())?.is_none()
                         {
                             ok = false;
                             break;
@@ -165,40 +153,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Reads one chunk's plaintext: from the cache, or else from the current file at
-    /// `path` if its indexed version holds that chunk. Always verified against its id.
-    fn chunk_plaintext(
-        &self,
-        c: &crate::model::ChunkRef,
-        current: Option<(&Path, &HashMap<ChunkId, u64>)>,
-    ) -> Result<Option<Vec<u8>>> {
-        let loc: Option<CacheLoc> = {
-            let r = self.db.begin_read()?;
-            let t = r.open_table(db::CHUNKS)?;
-            t.get(db::chunk_key(&c.id).as_slice())?
-                .map(|v| db::dec("cache location", v.value()))
-                .transpose()?
-        };
-        if let Some(loc) = loc
-            && let Ok(ct) = self.cache.read(&loc)
-            && let Ok(pt) = SealedChunk::open(&c.id, &c.key, c.len, &ct)
-        {
-            return Ok(Some(pt));
-        }
-        if let Some((file, offsets)) = current
-            && let Some(off) = offsets.get(&c.id)
-        {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::File::open(file).map_err(|e| StoreError::io(file, e))?;
-            let mut buf = vec![0u8; c.len as usize];
-            if f.read_exact_at(&mut buf, *off).is_ok() {
-                let sealed = c.key.seal(&buf);
-                if c.id.check(&sealed).is_ok() {
-                    return Ok(Some(buf));
-                }
-            }
-        }
-        Ok(None)
+    /// One chunk's plaintext, from wherever this device has it ([`Store::chunk`]),
+    /// checked against its id and opened with its key.
+    fn chunk_plaintext(&self, c: &crate::model::ChunkRef) -> Result<Option<Vec<u8>>> {
+        Ok(match self.chunk(&c.id)? {
+            Some(ct) => SealedChunk::open(&c.id, &c.key, c.len, &ct).ok(),
+            None => None,
+        })
     }
 
     /// Writes version `number` of `path` to `to`, or back in place (as a new version).
@@ -237,18 +198,6 @@ impl Store {
                 reason: "already exists; choose another --to".into(),
             });
         }
-        // Chunks of the current file can come from the file itself.
-        let mut offsets = HashMap::new();
-        if let Some(row) = row.as_ref().filter(|r| r.kind == IndexKind::File)
-            && let Ok(cur) = self.manifest(&folder.id, path, &row.version)
-        {
-            let mut off = 0u64;
-            for c in &cur.chunks {
-                offsets.entry(c.id).or_insert(off);
-                off += u64::from(c.len);
-            }
-        }
-        let current_file = path.to_path(&root);
         let tmp_dir = if to.is_none() {
             root.join(crate::scan::TEMP_DIR).join("tmp")
         } else {
@@ -263,7 +212,7 @@ impl Store {
             let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
             let mut missing = 0usize;
             for c in &manifest.chunks {
-                match self.chunk_plaintext(c, Some((&current_file, &offsets)))? {
+                match self.chunk_plaintext(c)? {
                     Some(pt) => f.write_all(&pt).map_err(|e| StoreError::io(&tmp, e))?,
                     None => missing += 1,
                 }
@@ -352,6 +301,15 @@ impl Store {
             .first()
             .map(|(v, _)| v.id)
             .ok_or_else(|| StoreError::decode("restore", "no version created"))?;
+        if let Some(old) = txn
+            .open_table(db::INDEX)?
+            .get(db::key_path(&folder.id, path).as_slice())?
+            .map(|v| db::dec::<IndexRow>("index row", v.value()))
+            .transpose()?
+        {
+            crate::locs::forget_row(&txn, &folder.id, path, &old)?;
+        }
+        crate::locs::record(&txn, &folder.id, path, &m)?;
         txn.open_table(db::INDEX)?.insert(
             db::key_path(&folder.id, path).as_slice(),
             db::enc(&IndexRow {
@@ -421,7 +379,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes cached chunks that no retained version references; compacts packs.
+    /// Removes cached chunks that no retained version references, evicts the oldest
+    /// packs while the cache is over budget, and compacts packs.
     pub fn gc(&self, now: u64) -> Result<GcReport> {
         let retention = u64::from(self.config.history.retention_days) * 86_400_000;
         let mut report = GcReport::default();
@@ -448,7 +407,11 @@ impl Store {
         let packs_before: u64 = self.cache.packs()?.iter().map(|(_, l)| l).sum();
         // Drop dead rows; tally live bytes per pack.
         let mut per_pack: HashMap<u32, Vec<(Vec<u8>, CacheLoc)>> = HashMap::new();
+        let folders = self.folders()?;
         let txn = self.db.begin_write()?;
+        // Over budget, the oldest packs go first (their rows are dropped here; the
+        // packs, left without live chunks, are deleted below).
+        self.trim(&txn, &folders)?;
         {
             let mut t = txn.open_table(db::CHUNKS)?;
             let mut dead = Vec::new();

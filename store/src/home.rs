@@ -49,6 +49,8 @@ impl Identity {
 pub struct Config {
     /// Version history settings.
     pub history: HistoryConfig,
+    /// Chunk cache settings.
+    pub cache: crate::locs::CacheConfig,
 }
 
 /// `[history]` in `config.toml`.

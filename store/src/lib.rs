@@ -23,6 +23,7 @@ pub mod db;
 mod error;
 pub mod history;
 pub mod home;
+pub mod locs;
 pub mod log;
 pub mod merge;
 pub mod model;

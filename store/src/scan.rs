@@ -407,6 +407,8 @@ struct Writer<'a> {
     summary: ScanSummary,
     now: u64,
     open: Option<OpenEntry>,
+    /// Cache bytes this scan may still add (the cache budget minus its size).
+    cache_room: u64,
 }
 
 impl<'a> Writer<'a> {
@@ -451,7 +453,9 @@ impl<'a> Writer<'a> {
             let t = self.txn()?.open_table(db::CHUNKS)?;
             t.get(key.as_slice())?.is_some()
         };
-        if !known {
+        let len = sealed.ciphertext.len() as u64;
+        if !known && len <= self.cache_room {
+            self.cache_room -= len;
             let loc = self.pack.append(&sealed.ciphertext)?;
             self.txn()?
                 .open_table(db::CHUNKS)?
@@ -614,6 +618,7 @@ impl Store {
             },
             now: now_ms(),
             open: None,
+            cache_room: self.cache_budget()?.saturating_sub(self.cache_size()?),
         };
 
         // Deleted: indexed, not seen, not under an unreadable directory. Ignored paths
@@ -755,7 +760,7 @@ impl Store {
             writer.commit()?;
             return Err(e);
         }
-        for (path, _) in deleted_files {
+        for (path, row) in deleted_files {
             writer.entry(
                 &[&path],
                 |txn, seq| {
@@ -766,7 +771,10 @@ impl Store {
                         vv,
                     })
                 },
-                |txn, _| del_index(txn, folder, &path),
+                |txn, _| {
+                    crate::locs::forget_row(txn, &folder.id, &path, &row)?;
+                    del_index(txn, folder, &path)
+                },
             )?;
             writer.summary.files_deleted += 1;
         }
@@ -1034,6 +1042,8 @@ impl Writer<'_> {
                 })
             },
             |txn, vid| {
+                let m = manifest_in(txn, folder, &from, &row.version)?;
+                crate::locs::record(txn, &folder.id, &to, &m)?;
                 del_index(txn, folder, &from)?;
                 set_index(txn, folder, &to, &st.row(row.hash, vid))
             },
@@ -1077,7 +1087,11 @@ impl Writer<'_> {
                         ),
                     })
                 },
-                |txn, vid| set_index(txn, folder, path, &st.row(m.hash, vid)),
+                |txn, vid| {
+                    crate::locs::forget_row(txn, &folder.id, path, &old)?;
+                    crate::locs::record(txn, &folder.id, path, &m)?;
+                    set_index(txn, folder, path, &st.row(m.hash, vid))
+                },
             )?;
             self.summary.files_changed += 1;
             return Ok(());
@@ -1103,7 +1117,10 @@ impl Writer<'_> {
                     manifest: WireManifest::Full(m.clone()),
                 })
             },
-            |txn, vid| set_index(txn, folder, path, &st.row(m.hash, vid)),
+            |txn, vid| {
+                crate::locs::record(txn, &folder.id, path, &m)?;
+                set_index(txn, folder, path, &st.row(m.hash, vid))
+            },
         )?;
         self.summary.files_added += 1;
         Ok(())

@@ -3,7 +3,7 @@
 //! chunk access for transfers.
 //!
 //! Nothing here touches the network: the node calls these and moves bytes.
-use crate::db::{self, CacheLoc, ChainTip, FolderRecord, IndexKind, IndexRow, VersionRecord};
+use crate::db::{self, ChainTip, FolderRecord, IndexKind, IndexRow, VersionRecord};
 use crate::error::{Result, StoreError};
 use crate::log::Entry;
 use crate::merge::{self, TreeEntry};
@@ -299,31 +299,6 @@ impl Store {
         dirs.extend(files);
         dirs.extend(removes);
         Ok(dirs)
-    }
-
-    /// A cached chunk's ciphertext, if this device has it.
-    pub fn chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let loc: Option<CacheLoc> = {
-            let r = self.db.begin_read()?;
-            let t = r.open_table(db::CHUNKS)?;
-            t.get(db::chunk_key(id).as_slice())?
-                .map(|v| db::dec("cache location", v.value()))
-                .transpose()?
-        };
-        match loc {
-            Some(loc) => {
-                let ct = self.cache.read(&loc)?;
-                Ok(id.check(&ct).is_ok().then_some(ct))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Whether the cache holds a chunk.
-    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(db::CHUNKS)?;
-        Ok(t.get(db::chunk_key(id).as_slice())?.is_some())
     }
 
     /// Stores received chunks (each checked against its id) in the cache, in one

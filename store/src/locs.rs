@@ -1,0 +1,265 @@
+//! Where current chunks can be read from the files themselves, and the cache budget.
+//!
+//! The chunk cache holds ciphertext for history, within a budget (by default 10% of
+//! the indexed bytes, at least 64 MiB; `[cache] max_bytes` overrides it). Current
+//! versions do not need it: every chunk of an indexed file is listed in
+//! `chunk-locs-1` with the file, offset and key, and [`Store::chunk`] reads it from
+//! there, re-seals it and checks it against its id — a file changed since its scan
+//! simply yields nothing. So peers are served, and local files deduplicated, without
+//! copying every byte of a folder into the cache.
+use crate::db::{self, CacheLoc, FolderRecord};
+use crate::error::Result;
+use crate::model::{Manifest, RelPath};
+use crate::store::Store;
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use weft_crypto::{ChunkId, ChunkKey, FolderId};
+
+/// Where a chunk of a current file lies.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileLoc {
+    /// The folder.
+    pub folder: FolderId,
+    /// The file.
+    pub path: RelPath,
+    /// Byte offset of the chunk in the file.
+    pub offset: u64,
+    /// Plaintext length.
+    pub len: u32,
+    /// The chunk key (to re-seal and check it).
+    pub key: ChunkKey,
+}
+
+/// Records every chunk of `m` as readable from `path` (inside a write transaction).
+pub(crate) fn record(
+    txn: &WriteTransaction,
+    folder: &FolderId,
+    path: &RelPath,
+    m: &Manifest,
+) -> Result<()> {
+    let mut t = txn.open_table(db::CHUNK_LOCS)?;
+    let mut offset = 0u64;
+    for c in &m.chunks {
+        let loc = FileLoc {
+            folder: *folder,
+            path: path.clone(),
+            offset,
+            len: c.len,
+            key: c.key,
+        };
+        t.insert(db::chunk_key(&c.id).as_slice(), db::enc(&loc).as_slice())?;
+        offset += u64::from(c.len);
+    }
+    Ok(())
+}
+
+/// Forgets the locations of `old`'s chunks that point at `path` (its content is gone
+/// or replaced), inside a write transaction.
+pub(crate) fn forget(
+    txn: &WriteTransaction,
+    folder: &FolderId,
+    path: &RelPath,
+    old: &Manifest,
+) -> Result<()> {
+    let mut t = txn.open_table(db::CHUNK_LOCS)?;
+    for c in &old.chunks {
+        let k = db::chunk_key(&c.id);
+        let here = match t.get(k.as_slice())? {
+            Some(v) => {
+                let fl: FileLoc = db::dec("chunk location", v.value())?;
+                fl.folder == *folder && fl.path == *path
+            }
+            None => false,
+        };
+        if here {
+            t.remove(k.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// [`forget`] for the version an index row names, if it is a file version.
+pub(crate) fn forget_row(
+    txn: &WriteTransaction,
+    folder: &FolderId,
+    path: &RelPath,
+    row: &crate::db::IndexRow,
+) -> Result<()> {
+    if row.kind != crate::db::IndexKind::File {
+        return Ok(());
+    }
+    let versions = txn.open_table(db::VERSIONS)?;
+    if let Ok(m) = crate::store::version_manifest(&versions, folder, path, &row.version) {
+        drop(versions);
+        forget(txn, folder, path, &m)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Replaces the chunk locations of `path`: those of the version in `old` go, those
+    /// of `new` (if any) come (after the disk changed under a remote change).
+    pub fn replace_locs(
+        &self,
+        folder: &FolderId,
+        path: &RelPath,
+        old: Option<&crate::db::IndexRow>,
+        new: Option<&Manifest>,
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        if let Some(row) = old {
+            forget_row(&txn, folder, path, row)?;
+        }
+        if let Some(m) = new {
+            record(&txn, folder, path, m)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The cache budget in bytes.
+    pub fn cache_budget(&self) -> Result<u64> {
+        if let Some(max) = self.config.cache.max_bytes {
+            return Ok(max);
+        }
+        let mut indexed = 0u64;
+        for f in self.folders()? {
+            indexed += self.index_rows(&f)?.values().map(|r| r.size).sum::<u64>();
+        }
+        let share = indexed / 100 * u64::from(self.config.cache.percent);
+        Ok(share.max(self.config.cache.min_bytes))
+    }
+
+    /// Bytes in the cache's pack files.
+    pub fn cache_size(&self) -> Result<u64> {
+        Ok(self.cache.packs()?.iter().map(|(_, l)| l).sum())
+    }
+
+    /// A chunk's ciphertext: from the cache, or read from a current file and re-sealed;
+    /// always checked against its id. `None` if this device cannot produce it.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let (cached, file): (Option<CacheLoc>, Option<FileLoc>) = {
+            let r = self.db.begin_read()?;
+            let k = db::chunk_key(id);
+            let c = r.open_table(db::CHUNKS)?;
+            let cached = c
+                .get(k.as_slice())?
+                .map(|v| db::dec("cache location", v.value()))
+                .transpose()?;
+            let l = r.open_table(db::CHUNK_LOCS)?;
+            let file = l
+                .get(k.as_slice())?
+                .map(|v| db::dec("chunk location", v.value()))
+                .transpose()?;
+            (cached, file)
+        };
+        if let Some(loc) = cached
+            && let Ok(ct) = self.cache.read(&loc)
+            && id.check(&ct).is_ok()
+        {
+            return Ok(Some(ct));
+        }
+        let Some(fl) = file else { return Ok(None) };
+        let Ok(folder) = self.folder(&fl.folder) else {
+            return Ok(None);
+        };
+        let path = fl.path.to_path(&folder.root_path());
+        let Ok(f) = std::fs::File::open(&path) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; fl.len as usize];
+        use std::os::unix::fs::FileExt;
+        if f.read_exact_at(&mut buf, fl.offset).is_err() {
+            return Ok(None);
+        }
+        let ct = fl.key.seal(&buf);
+        Ok(id.check(&ct).is_ok().then_some(ct))
+    }
+
+    /// Whether this device can probably produce a chunk (cached, or listed in a
+    /// current file; [`Store::chunk`] has the final word).
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let r = self.db.begin_read()?;
+        let k = db::chunk_key(id);
+        Ok(r.open_table(db::CHUNKS)?.get(k.as_slice())?.is_some()
+            || r.open_table(db::CHUNK_LOCS)?.get(k.as_slice())?.is_some())
+    }
+
+    /// Drops chunk locations whose file is no longer indexed, and evicts the oldest
+    /// packs while the cache is over budget. Returns (locations dropped, chunks
+    /// evicted).
+    pub(crate) fn trim(
+        &self,
+        txn: &WriteTransaction,
+        folders: &[FolderRecord],
+    ) -> Result<(u64, Vec<u32>)> {
+        let mut dropped = 0u64;
+        {
+            let index = txn.open_table(db::INDEX)?;
+            let mut locs = txn.open_table(db::CHUNK_LOCS)?;
+            let mut stale = Vec::new();
+            for item in locs.iter()? {
+                let (k, v) = item?;
+                let fl: FileLoc = db::dec("chunk location", v.value())?;
+                let known = folders.iter().any(|f| f.id == fl.folder)
+                    && index
+                        .get(db::key_path(&fl.folder, &fl.path).as_slice())?
+                        .is_some();
+                if !known {
+                    stale.push(k.value().to_vec());
+                }
+            }
+            for k in stale {
+                locs.remove(k.as_slice())?;
+                dropped += 1;
+            }
+        }
+        let budget = self.cache_budget()?;
+        let mut packs = self.cache.packs()?;
+        let mut size: u64 = packs.iter().map(|(_, l)| l).sum();
+        let mut evict = Vec::new();
+        packs.reverse();
+        while size > budget {
+            let Some((n, len)) = packs.pop() else { break };
+            evict.push(n);
+            size -= len;
+        }
+        if !evict.is_empty() {
+            let mut t = txn.open_table(db::CHUNKS)?;
+            let mut gone = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let loc: CacheLoc = db::dec("cache location", v.value())?;
+                if evict.contains(&loc.pack) {
+                    gone.push(k.value().to_vec());
+                }
+            }
+            for k in gone {
+                t.remove(k.as_slice())?;
+            }
+        }
+        Ok((dropped, evict))
+    }
+}
+
+/// The `[cache]` section of `config.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// A fixed budget in bytes (overrides the two below).
+    pub max_bytes: Option<u64>,
+    /// The budget as a share of the indexed bytes, in percent.
+    pub percent: u32,
+    /// The smallest budget, in bytes.
+    pub min_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: None,
+            percent: 10,
+            min_bytes: 64 << 20,
+        }
+    }
+}
