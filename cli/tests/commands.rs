@@ -934,3 +934,56 @@ fn verify_passes_on_a_healthy_store_and_fails_on_a_corrupted_pack() {
     assert!(!to.exists());
     assert!(env.restore_to("a.bin", 2, &env.base().join("v2")) == v2);
 }
+
+#[test]
+fn over_the_cache_budget_current_files_stay_restorable_from_themselves() {
+    let env = Env::new();
+    let v1 = random_bytes(21, 700_000);
+    env.write("big.bin", &v1);
+    env.init_and_add(); // within the default budget: cached
+    env.set_config("[cache]\nmax_bytes = 0\n");
+    let v2 = random_bytes(22, 700_000);
+    env.write("big.bin", &v2);
+    let s = env.scan();
+    assert_eq!(
+        n(&s, "new_chunks"),
+        0,
+        "over budget, nothing new is cached: {s}"
+    );
+    let restorable: Vec<bool> = env
+        .history("big.bin")
+        .iter()
+        .map(|v| v["restorable"].as_bool().expect("bool"))
+        .collect();
+    assert_eq!(
+        restorable,
+        [true, true],
+        "v1 from the cache, v2 from the file itself"
+    );
+    // The current version is restored from the file itself, byte for byte.
+    let out = env.base().join("v2.bin");
+    let p = env.path("big.bin");
+    env.run([
+        OsStr::new("restore"),
+        p.as_os_str(),
+        OsStr::new("--version"),
+        OsStr::new("2"),
+        OsStr::new("--to"),
+        out.as_os_str(),
+    ])
+    .ok();
+    assert_eq!(std::fs::read(&out).expect("read"), v2);
+    // Once overwritten, an uncached version is gone here (a peer may still have it).
+    env.write("big.bin", b"small");
+    env.scan();
+    let restorable: Vec<bool> = env
+        .history("big.bin")
+        .iter()
+        .map(|v| v["restorable"].as_bool().expect("bool"))
+        .collect();
+    assert_eq!(restorable, [true, false, true]);
+    // gc evicts the cache down to the budget; verify still passes.
+    let rep = env.json(["gc"]);
+    assert!(n(&rep, "bytes_freed") >= 700_000, "{rep}");
+    env.verify_ok();
+}

@@ -119,10 +119,15 @@ impl Store {
 
     /// The cache budget in bytes.
     pub fn cache_budget(&self) -> Result<u64> {
+        self.cache_budget_with(0)
+    }
+
+    /// The cache budget once `more` bytes are indexed (a scan about to read them).
+    pub(crate) fn cache_budget_with(&self, more: u64) -> Result<u64> {
         if let Some(max) = self.config.cache.max_bytes {
             return Ok(max);
         }
-        let mut indexed = 0u64;
+        let mut indexed = more;
         for f in self.folders()? {
             indexed += self.index_rows(&f)?.values().map(|r| r.size).sum::<u64>();
         }

@@ -618,7 +618,9 @@ impl Store {
             },
             now: now_ms(),
             open: None,
-            cache_room: self.cache_budget()?.saturating_sub(self.cache_size()?),
+            cache_room: self
+                .cache_budget_with(w.to_read.iter().map(|(_, s)| s.size).sum())?
+                .saturating_sub(self.cache_size()?),
         };
 
         // Deleted: indexed, not seen, not under an unreadable directory. Ignored paths
