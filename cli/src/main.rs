@@ -174,6 +174,16 @@ fn open(home: &Home) -> Result<Store> {
     Store::open(home).with_context(|| format!("cannot open weft home {}", home.root().display()))
 }
 
+fn node_running(home: &Home) -> bool {
+    std::os::unix::net::UnixStream::connect(weft_node::control::socket_path(home)).is_ok()
+}
+
+/// An absolute path for the node, which runs in another working directory.
+fn absolute(p: &std::path::Path) -> Result<String> {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    Ok(abs.to_string_lossy().into_owned())
+}
+
 fn control(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
     match weft_node::control::request(home, &req)? {
         ControlResponse::Error { message } => bail!("{message}"),
@@ -321,44 +331,51 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::History { path } => {
-            let store = open(&home)?;
-            let (folder, rel) = store.locate(&path)?;
-            let items: Vec<_> = store
-                .history(&folder, &rel)?
-                .into_iter()
-                .map(|(h, _)| h)
-                .collect();
+            let items: Vec<serde_json::Value> = if node_running(&home) {
+                let ControlResponse::History { items } = control(&home, ControlRequest::History { path: absolute(&path)? })? else {
+                    bail!("unexpected answer from the node");
+                };
+                serde_json::from_value(items)?
+            } else {
+                let store = open(&home)?;
+                let (folder, rel) = store.locate(&path)?;
+                store
+                    .history(&folder, &rel)?
+                    .into_iter()
+                    .map(|(h, _)| serde_json::to_value(h))
+                    .collect::<Result<_, _>>()?
+            };
             if items.is_empty() {
-                bail!(
-                    "{} has no recorded versions (not scanned yet?)",
-                    path.display()
-                );
+                bail!("{} has no recorded versions (not scanned yet?)", path.display());
             }
             if json {
                 print_json(&items)?;
             } else {
-                println!(
-                    "{:>4}  {:<19}  {:>10}  {:<8}  {:<20}  NOTE",
-                    "VER", "TIME", "SIZE", "KIND", "AUTHOR"
-                );
+                println!("{:>4}  {:<19}  {:>10}  {:<8}  {:<20}  NOTE", "VER", "TIME", "SIZE", "KIND", "AUTHOR");
                 for h in items {
-                    let author = match &h.author_name {
-                        Some(n) => format!("{n} ({})", &h.author[8..15.min(h.author.len())]),
-                        None => h.author.clone(),
+                    let s = |k: &str| h[k].as_str().unwrap_or_default().to_owned();
+                    let author_id = s("author");
+                    let author = match h["author_name"].as_str() {
+                        Some(n) => format!("{n} ({})", author_id.get(8..15).unwrap_or(&author_id)),
+                        None => author_id.clone(),
                     };
                     let mut note = Vec::new();
-                    if h.current {
+                    if h["current"] == true {
                         note.push("current");
                     }
-                    if h.kind == "file" && !h.restorable {
-                        note.push("not restorable here");
+                    if s("kind") == "file" && h["restorable"] == false {
+                        note.push(if node_running(&home) {
+                            "not restorable here (other devices are asked)"
+                        } else {
+                            "not restorable here"
+                        });
                     }
                     println!(
                         "{:>4}  {:<19}  {:>10}  {:<8}  {:<20}  {}",
-                        h.number,
-                        when(h.time_ms),
-                        h.size.map(human_bytes).unwrap_or_default(),
-                        h.kind,
+                        h["number"].as_u64().unwrap_or_default(),
+                        when(h["time_ms"].as_u64().unwrap_or_default()),
+                        h["size"].as_u64().map(human_bytes).unwrap_or_default(),
+                        s("kind"),
                         author,
                         note.join(", ")
                     );
@@ -366,9 +383,25 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Restore { path, version, to } => {
-            let store = open(&home)?;
-            let (folder, rel) = store.locate(&path)?;
-            let rep = store.restore(&folder, &rel, version, to.as_deref())?;
+            let rep: weft_store::history::RestoreReport = if node_running(&home) {
+                let to = to.as_ref().map(|t| absolute(t)).transpose()?;
+                let ControlResponse::Restored { report } = control(
+                    &home,
+                    ControlRequest::Restore {
+                        path: absolute(&path)?,
+                        version,
+                        to,
+                    },
+                )?
+                else {
+                    bail!("unexpected answer from the node");
+                };
+                serde_json::from_value(report)?
+            } else {
+                let store = open(&home)?;
+                let (folder, rel) = store.locate(&path)?;
+                store.restore(&folder, &rel, version, to.as_deref())?
+            };
             if json {
                 print_json(&rep)?;
             } else if rep.new_version {

@@ -24,6 +24,20 @@ pub enum ControlRequest {
     Status,
     /// A new pairing code.
     Invite,
+    /// A file's versions.
+    History {
+        /// The file's absolute path.
+        path: String,
+    },
+    /// Writes an old version back, fetching chunks from other devices if needed.
+    Restore {
+        /// The file's absolute path.
+        path: String,
+        /// The version number.
+        version: u64,
+        /// Where to write it instead of in place.
+        to: Option<String>,
+    },
 }
 
 /// One connected peer, for `weft status`.
@@ -66,6 +80,16 @@ pub enum ControlResponse {
         code: String,
         /// When it expires, Unix ms.
         expires_ms: u64,
+    },
+    /// `weft history` rows (as the CLI prints them with `--json`).
+    History {
+        /// The rows.
+        items: serde_json::Value,
+    },
+    /// What a restore did.
+    Restored {
+        /// The report.
+        report: serde_json::Value,
     },
     /// The request failed.
     Error {

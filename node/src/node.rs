@@ -137,6 +137,7 @@ struct State {
     queued_fetches: VecDeque<ChunkFetch>,
     kicks: HashMap<FolderId, FolderKick>,
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    cmd_tx: mpsc::Sender<Cmd>,
 }
 
 fn store(s: &State) -> &Store {
@@ -248,6 +249,7 @@ pub async fn run(
         queued_fetches: VecDeque::new(),
         kicks: HashMap::new(),
         known_addrs: HashMap::new(),
+        cmd_tx: cmd_tx.clone(),
     };
     // One worker per folder, and the watcher that kicks them.
     let mut watched = Vec::new();
@@ -843,15 +845,31 @@ fn on_cmd(st: &mut State, cmd: Cmd) {
             );
         }
         Cmd::Notify { folder, except } => notify_peers(st, folder, except),
-        Cmd::Control { req, reply } => {
-            let resp = control(st, req);
-            let _ = reply.send(resp);
-        }
+        Cmd::Control { req, reply } => match req {
+            ControlRequest::History { .. } | ControlRequest::Restore { .. } => {
+                // Store work (and fetches through this very task) off the swarm task.
+                let shared = st.shared.clone();
+                let cmds = st.cmd_tx.clone();
+                tokio::spawn(async move {
+                    let resp = tokio::task::spawn_blocking(move || history_request(&shared, &cmds, req))
+                        .await
+                        .unwrap_or_else(|e| ControlResponse::Error { message: e.to_string() });
+                    let _ = reply.send(resp);
+                });
+            }
+            req => {
+                let resp = control(st, req);
+                let _ = reply.send(resp);
+            }
+        },
     }
 }
 
 fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
     match req {
+        ControlRequest::History { .. } | ControlRequest::Restore { .. } => ControlResponse::Error {
+            message: "handled elsewhere".into(),
+        },
         ControlRequest::Invite => {
             let secret = weft_crypto::random_bytes::<16>();
             let expires_ms = now_ms() + INVITE_TTL_MS;
@@ -907,5 +925,47 @@ fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
                 bytes_sent: st.shared.sent(),
             }
         }
+    }
+}
+
+/// `weft history` and `weft restore` against a running node (blocking thread).
+fn history_request(shared: &Shared, cmds: &mpsc::Sender<Cmd>, req: ControlRequest) -> ControlResponse {
+    let err = |e: &dyn std::fmt::Display| ControlResponse::Error { message: e.to_string() };
+    let store = &shared.store;
+    match req {
+        ControlRequest::History { path } => {
+            let (folder, rel) = match store.locate(std::path::Path::new(&path)) {
+                Ok(x) => x,
+                Err(e) => return err(&e),
+            };
+            match store.history(&folder, &rel) {
+                Ok(h) => {
+                    let items: Vec<_> = h.into_iter().map(|(i, _)| i).collect();
+                    ControlResponse::History {
+                        items: serde_json::to_value(items).unwrap_or_default(),
+                    }
+                }
+                Err(e) => err(&e),
+            }
+        }
+        ControlRequest::Restore { path, version, to } => {
+            let (folder, rel) = match store.locate(std::path::Path::new(&path)) {
+                Ok(x) => x,
+                Err(e) => return err(&e),
+            };
+            let fetch = |id: &ChunkId| -> Option<Vec<u8>> {
+                let (tx, rx) = oneshot::channel();
+                cmds.blocking_send(Cmd::FetchChunk { id: *id, reply: tx }).ok()?;
+                rx.blocking_recv().ok().flatten()
+            };
+            let to = to.map(std::path::PathBuf::from);
+            match store.restore_with(&folder, &rel, version, to.as_deref(), &fetch) {
+                Ok(r) => ControlResponse::Restored {
+                    report: serde_json::to_value(r).unwrap_or_default(),
+                },
+                Err(e) => err(&e),
+            }
+        }
+        _ => err(&"not a history request"),
     }
 }

@@ -60,7 +60,7 @@ pub struct LogItem {
 }
 
 /// What `weft restore` did.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RestoreReport {
     /// Where the bytes were written (shown lossily if not UTF-8).
     pub written_to: String,
@@ -170,6 +170,19 @@ impl Store {
         number: u64,
         to: Option<&Path>,
     ) -> Result<RestoreReport> {
+        self.restore_with(folder, path, number, to, &|_| None)
+    }
+
+    /// [`Store::restore`], asking `fetch` (the node: other devices) for chunks this
+    /// device lacks. Fetched chunks are checked against their ids like any other.
+    pub fn restore_with(
+        &self,
+        folder: &FolderRecord,
+        path: &RelPath,
+        number: u64,
+        to: Option<&Path>,
+        fetch: &dyn Fn(&ChunkId) -> Option<Vec<u8>>,
+    ) -> Result<RestoreReport> {
         let hist = self.history(folder, path)?;
         let (_, rec) = hist
             .into_iter()
@@ -212,7 +225,11 @@ impl Store {
             let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
             let mut missing = 0usize;
             for c in &manifest.chunks {
-                match self.chunk_plaintext(c)? {
+                let pt = match self.chunk_plaintext(c)? {
+                    Some(pt) => Some(pt),
+                    None => fetch(&c.id).and_then(|ct| SealedChunk::open(&c.id, &c.key, c.len, &ct).ok()),
+                };
+                match pt {
                     Some(pt) => f.write_all(&pt).map_err(|e| StoreError::io(&tmp, e))?,
                     None => missing += 1,
                 }
