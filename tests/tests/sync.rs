@@ -203,3 +203,64 @@ async fn pairing_refuses_wrong_reused_and_expired_codes_and_strangers() {
     s.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_restore_fetch_old_chunks_from_other_devices() {
+    use weft_node::control::{ControlRequest, ControlResponse, request};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Device::new(tmp.path(), "a");
+    let mut b = Device::new(tmp.path(), "b");
+    a.create_folder();
+    let v1: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2246822519) >> 11) as u8)
+        .collect();
+    a.write("doc.bin", &v1);
+    a.start(&[]);
+    eventually("a indexes v1", WAIT, || {
+        match request(
+            &a.home,
+            &ControlRequest::History {
+                path: a.path("doc.bin").to_string_lossy().into_owned(),
+            },
+        ) {
+            Ok(ControlResponse::History { items }) => {
+                items.as_array().is_some_and(|v| v.len() == 1)
+            }
+            _ => false,
+        }
+    })
+    .await;
+    a.write("doc.bin", b"version two");
+    eventually("a indexes v2", WAIT, || {
+        match request(
+            &a.home,
+            &ControlRequest::History {
+                path: a.path("doc.bin").to_string_lossy().into_owned(),
+            },
+        ) {
+            Ok(ControlResponse::History { items }) => {
+                items.as_array().is_some_and(|v| v.len() == 2)
+            }
+            _ => false,
+        }
+    })
+    .await;
+    // B joins later: it receives the current version only, but the whole history.
+    b.join(&a.invite()).await;
+    b.start(&[a.port]);
+    converge(&[&a, &b], WAIT).await;
+    let out = tmp.path().join("restored-v1.bin");
+    let resp = request(
+        &b.home,
+        &ControlRequest::Restore {
+            path: b.path("doc.bin").to_string_lossy().into_owned(),
+            version: 1,
+            to: Some(out.to_string_lossy().into_owned()),
+        },
+    )
+    .unwrap();
+    assert!(matches!(resp, ControlResponse::Restored { .. }), "{resp:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), v1, "v1's chunks came from a");
+    a.stop().await;
+    b.stop().await;
+}
