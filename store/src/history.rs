@@ -227,7 +227,8 @@ impl Store {
             for c in &manifest.chunks {
                 let pt = match self.chunk_plaintext(c)? {
                     Some(pt) => Some(pt),
-                    None => fetch(&c.id).and_then(|ct| SealedChunk::open(&c.id, &c.key, c.len, &ct).ok()),
+                    None => fetch(&c.id)
+                        .and_then(|ct| SealedChunk::open(&c.id, &c.key, c.len, &ct).ok()),
                 };
                 match pt {
                     Some(pt) => f.write_all(&pt).map_err(|e| StoreError::io(&tmp, e))?,

@@ -550,13 +550,19 @@ struct OpenEntry {
 /// under [`crate::log::MAX_ENTRY_LEN`]).
 const ENTRY_CHUNKS: usize = 65_536;
 
-fn heads_vv_in(
+/// The vector of a new local version of `path`: it dominates every current head and
+/// carries this entry's sequence number.
+fn next_vv(
     txn: &WriteTransaction,
     folder: &FolderRecord,
     path: &RelPath,
+    me: weft_crypto::DeviceId,
+    seq: u64,
 ) -> Result<crate::model::VersionVector> {
     let t = txn.open_table(db::HEADS)?;
-    Ok(db::heads_vv(&db::read_heads(&t, &folder.id, path)?))
+    let mut vv = db::heads_vv(&db::read_heads(&t, &folder.id, path)?);
+    vv.set(me, seq);
+    Ok(vv)
 }
 
 fn set_index(
@@ -666,8 +672,7 @@ impl Store {
             writer.entry(
                 &[&d],
                 |txn, seq| {
-                    let mut vv = heads_vv_in(txn, folder, &d)?;
-                    vv.set(writer_me(self), seq);
+                    let vv = next_vv(txn, folder, &d, writer_me(self), seq)?;
                     Ok(Op::Mkdir {
                         path: d.clone(),
                         vv,
@@ -707,8 +712,7 @@ impl Store {
                     let mut m = manifest_in(txn, folder, path, &row.version)?;
                     m.executable = st.executable;
                     let base = manifest_in(txn, folder, path, &row.version)?;
-                    let mut vv = heads_vv_in(txn, folder, path)?;
-                    vv.set(writer_me(self), seq);
+                    let vv = next_vv(txn, folder, path, writer_me(self), seq)?;
                     Ok(Op::Put {
                         path: path.clone(),
                         vv,
@@ -762,12 +766,19 @@ impl Store {
             writer.commit()?;
             return Err(e);
         }
-        for (path, row) in deleted_files {
+        // Deletes: files, then directories children first. forget_row ignores a
+        // directory's row.
+        deleted_dirs.sort_by(|a, b| b.cmp(a));
+        let me = writer_me(self);
+        let dir_rows: Vec<(RelPath, IndexRow)> = deleted_dirs
+            .into_iter()
+            .filter_map(|p| index.get(&p).cloned().map(|r| (p, r)))
+            .collect();
+        for (path, row) in deleted_files.into_iter().chain(dir_rows) {
             writer.entry(
                 &[&path],
                 |txn, seq| {
-                    let mut vv = heads_vv_in(txn, folder, &path)?;
-                    vv.set(writer_me(self), seq);
+                    let vv = next_vv(txn, folder, &path, me, seq)?;
                     Ok(Op::Delete {
                         path: path.clone(),
                         vv,
@@ -778,23 +789,10 @@ impl Store {
                     del_index(txn, folder, &path)
                 },
             )?;
-            writer.summary.files_deleted += 1;
-        }
-        deleted_dirs.sort_by(|a, b| b.cmp(a)); // children before parents
-        for path in deleted_dirs {
-            writer.entry(
-                &[&path],
-                |txn, seq| {
-                    let mut vv = heads_vv_in(txn, folder, &path)?;
-                    vv.set(writer_me(self), seq);
-                    Ok(Op::Delete {
-                        path: path.clone(),
-                        vv,
-                    })
-                },
-                |txn, _| del_index(txn, folder, &path),
-            )?;
-            writer.summary.dirs_deleted += 1;
+            match row.kind {
+                IndexKind::File => writer.summary.files_deleted += 1,
+                IndexKind::Dir => writer.summary.dirs_deleted += 1,
+            }
         }
 
         // Record the scan time in the last transaction.
@@ -1031,10 +1029,8 @@ impl Writer<'_> {
                 let mut m = base.clone();
                 m.mtime_ns = st.mtime_ns;
                 m.executable = st.executable;
-                let mut from_vv = heads_vv_in(txn, folder, &from)?;
-                from_vv.set(me, seq);
-                let mut to_vv = heads_vv_in(txn, folder, &to)?;
-                to_vv.set(me, seq);
+                let from_vv = next_vv(txn, folder, &from, me, seq)?;
+                let to_vv = next_vv(txn, folder, &to, me, seq)?;
                 Ok(Op::Move {
                     from: from.clone(),
                     from_vv,
@@ -1078,8 +1074,7 @@ impl Writer<'_> {
                 &[path],
                 |txn, seq| {
                     let base = manifest_in(txn, folder, path, &old.version).ok();
-                    let mut vv = heads_vv_in(txn, folder, path)?;
-                    vv.set(me, seq);
+                    let vv = next_vv(txn, folder, path, me, seq)?;
                     Ok(Op::Put {
                         path: path.clone(),
                         vv,
@@ -1111,8 +1106,7 @@ impl Writer<'_> {
         self.entry(
             &[path],
             |txn, seq| {
-                let mut vv = heads_vv_in(txn, folder, path)?;
-                vv.set(me, seq);
+                let vv = next_vv(txn, folder, path, me, seq)?;
                 Ok(Op::Put {
                     path: path.clone(),
                     vv,
