@@ -102,6 +102,9 @@ pub async fn folder_worker(
         s.id = folder.id.to_string();
         s.state = "scanning".into();
     });
+    // Temporary files of a transfer interrupted before this start are stale: the
+    // chunks it had fetched are in the cache, so nothing is lost by removing them.
+    let _ = std::fs::remove_dir_all(folder.root_path().join(TEMP_DIR).join("tmp"));
     let mut first = true;
     loop {
         if !first {
@@ -135,7 +138,7 @@ fn round(
     let store = &shared.store;
     let folder = store.folder(&folder.id)?;
     scan_and_notify(shared, &folder, cmds)?;
-    let plan = store.plan(&folder)?;
+    let plan = local_plan(shared, &folder)?;
     let (files, bytes) = plan.iter().fold((0u64, 0u64), |(n, b), a| match a {
         Action::WriteFile { manifest, .. } => (n + 1, b + manifest.size),
         _ => (n, b),
@@ -213,7 +216,7 @@ fn round(
     // Record conflict copies (and anything that changed meanwhile) as this device's.
     scan_and_notify(shared, &folder, cmds)?;
     update_conflicts(shared, &folder)?;
-    let left = store.plan(&folder)?;
+    let left = local_plan(shared, &folder)?;
     set_status(shared, &folder.id, |s| {
         s.state = if left.is_empty() {
             "in sync"
@@ -230,6 +233,23 @@ fn round(
         )));
     }
     Ok(())
+}
+
+/// The store's plan, minus what this device ignores (`.weftignore` holds on each side).
+fn local_plan(shared: &Shared, folder: &FolderRecord) -> Result<Vec<Action>, NodeError> {
+    let root = folder.root_path();
+    let (ignore, _) = weft_store::scan::ignore_matcher(&root)?;
+    let mut plan = shared.store.plan(folder)?;
+    plan.retain(|a| match a {
+        Action::WriteFile { path, .. } | Action::MakeDir { path, .. } => {
+            let dir = matches!(a, Action::MakeDir { .. });
+            !ignore
+                .matched_path_or_any_parents(path.to_path(&root), dir)
+                .is_ignore()
+        }
+        _ => true,
+    });
+    Ok(plan)
 }
 
 fn update_conflicts(shared: &Shared, folder: &FolderRecord) -> Result<(), NodeError> {

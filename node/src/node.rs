@@ -851,9 +851,12 @@ fn on_cmd(st: &mut State, cmd: Cmd) {
                 let shared = st.shared.clone();
                 let cmds = st.cmd_tx.clone();
                 tokio::spawn(async move {
-                    let resp = tokio::task::spawn_blocking(move || history_request(&shared, &cmds, req))
-                        .await
-                        .unwrap_or_else(|e| ControlResponse::Error { message: e.to_string() });
+                    let resp =
+                        tokio::task::spawn_blocking(move || history_request(&shared, &cmds, req))
+                            .await
+                            .unwrap_or_else(|e| ControlResponse::Error {
+                                message: e.to_string(),
+                            });
                     let _ = reply.send(resp);
                 });
             }
@@ -929,8 +932,14 @@ fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
 }
 
 /// `weft history` and `weft restore` against a running node (blocking thread).
-fn history_request(shared: &Shared, cmds: &mpsc::Sender<Cmd>, req: ControlRequest) -> ControlResponse {
-    let err = |e: &dyn std::fmt::Display| ControlResponse::Error { message: e.to_string() };
+fn history_request(
+    shared: &Shared,
+    cmds: &mpsc::Sender<Cmd>,
+    req: ControlRequest,
+) -> ControlResponse {
+    let err = |e: &dyn std::fmt::Display| ControlResponse::Error {
+        message: e.to_string(),
+    };
     let store = &shared.store;
     match req {
         ControlRequest::History { path } => {
@@ -955,7 +964,8 @@ fn history_request(shared: &Shared, cmds: &mpsc::Sender<Cmd>, req: ControlReques
             };
             let fetch = |id: &ChunkId| -> Option<Vec<u8>> {
                 let (tx, rx) = oneshot::channel();
-                cmds.blocking_send(Cmd::FetchChunk { id: *id, reply: tx }).ok()?;
+                cmds.blocking_send(Cmd::FetchChunk { id: *id, reply: tx })
+                    .ok()?;
                 rx.blocking_recv().ok().flatten()
             };
             let to = to.map(std::path::PathBuf::from);

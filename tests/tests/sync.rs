@@ -264,3 +264,26 @@ async fn history_and_restore_fetch_old_chunks_from_other_devices() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_files_stay_on_their_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Device::new(tmp.path(), "a");
+    let mut b = Device::new(tmp.path(), "b");
+    a.create_folder();
+    a.write(".weftignore", b"*.log\nbuild/\n");
+    a.start(&[]);
+    b.join(&a.invite()).await;
+    b.start(&[a.port]);
+    converge(&[&a, &b], WAIT).await;
+    a.write("debug.log", b"local noise");
+    a.write("build/out.o", b"object");
+    a.write("src/main.rs", b"fn main() {}");
+    b.write("b.log", b"b's own noise");
+    eventually("src/main.rs reaches b", WAIT, || b.path("src/main.rs").exists()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!b.path("debug.log").exists() && !b.path("build").exists());
+    assert!(!a.path("b.log").exists());
+    a.stop().await;
+    b.stop().await;
+}
