@@ -18,9 +18,14 @@ use weft_crypto::{DeviceId, FolderId, FolderKeys, Hash, SecretKey, Signature};
 
 /// The entry format this code writes and reads.
 pub const FORMAT: u8 = 1;
-/// The largest encoded entry accepted (a full manifest of a 16 GiB file at the
-/// smallest average chunk fits; anything larger is refused before decoding).
-pub const MAX_ENTRY_LEN: usize = 32 << 20;
+/// The largest encoded entry accepted; anything larger is refused before decoding.
+/// It must fit one sync message (`node::protocol::MAX_SYNC_MESSAGE`).
+pub const MAX_ENTRY_LEN: usize = 8 << 20;
+/// The most chunks one file's manifest may list: at ~70 bytes a chunk reference it
+/// fits an entry, and at the 64 KiB average chunk it is a file of about 6.7 GiB.
+/// A larger file is skipped with a warning (manifests split across entries would
+/// lift this).
+pub const MAX_MANIFEST_CHUNKS: usize = 100_000;
 const SIG_CONTEXT: &str = "log-entry";
 
 /// What an entry's body is.
@@ -143,20 +148,6 @@ pub enum DeltaEdit {
 }
 
 impl WireManifest {
-    /// How many chunk references it carries (a size measure for batching).
-    pub fn chunk_count(&self) -> usize {
-        match self {
-            WireManifest::Full(m) => m.chunks.len(),
-            WireManifest::Delta { edits, .. } => edits
-                .iter()
-                .map(|e| match e {
-                    DeltaEdit::Insert(v) => v.len(),
-                    DeltaEdit::Keep { .. } => 1,
-                })
-                .sum(),
-        }
-    }
-
     /// Encodes `new` as a delta against `base` when that is smaller than the whole list.
     /// The delta keeps the longest common prefix and suffix of the chunk lists and
     /// re-uses any base chunk in between by position: a local edit costs a handful of

@@ -471,15 +471,17 @@ impl<'a> Writer<'a> {
     /// Adds one operation built by `make_op` to the open entry (opening one if needed),
     /// then updates the index with `index`. An entry is closed — signed and stored —
     /// when it would name a path twice, when it is full, and before every commit.
+    /// `chunks` is how many chunk references the operation will carry (its size).
     fn entry(
         &mut self,
         paths: &[&RelPath],
+        chunks: usize,
         make_op: impl FnOnce(&WriteTransaction, u64) -> Result<Op>,
         index: impl FnOnce(&WriteTransaction, VersionId) -> Result<()>,
     ) -> Result<()> {
         let full = self.open.as_ref().is_some_and(|o| {
             o.ops.len() >= crate::log::MAX_OPS_PER_ENTRY
-                || o.chunks >= ENTRY_CHUNKS
+                || o.chunks + chunks > ENTRY_CHUNKS
                 || paths.iter().any(|p| o.paths.contains(*p))
         });
         if full {
@@ -500,10 +502,6 @@ impl<'a> Writer<'a> {
         let txn = self.txn()?;
         let op = make_op(txn, seq)?;
         index(txn, VersionId { author: me, seq })?;
-        let chunks = match &op {
-            Op::Put { manifest, .. } | Op::Move { manifest, .. } => manifest.chunk_count(),
-            _ => 0,
-        };
         if let Some(o) = self.open.as_mut() {
             o.ops.push(op);
             o.paths.extend(paths.iter().map(|p| (*p).clone()));
@@ -538,6 +536,11 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// An upper bound on the chunks of a file of `size` bytes.
+fn chunk_bound(size: u64) -> usize {
+    1 + (size / crate::chunker::MIN_CHUNK as u64) as usize
+}
+
 /// Operations gathered for the next entry.
 struct OpenEntry {
     seq: u64,
@@ -548,7 +551,7 @@ struct OpenEntry {
 
 /// An entry is closed once its manifests list this many chunks (keeps entries well
 /// under [`crate::log::MAX_ENTRY_LEN`]).
-const ENTRY_CHUNKS: usize = 65_536;
+const ENTRY_CHUNKS: usize = crate::log::MAX_MANIFEST_CHUNKS;
 
 /// The vector of a new local version of `path`: it dominates every current head and
 /// carries this entry's sequence number.
@@ -671,6 +674,7 @@ impl Store {
             let d = d.clone();
             writer.entry(
                 &[&d],
+                0,
                 |txn, seq| {
                     let vv = next_vv(txn, folder, &d, writer_me(self), seq)?;
                     Ok(Op::Mkdir {
@@ -708,6 +712,7 @@ impl Store {
             let st = *st;
             writer.entry(
                 &[path],
+                chunk_bound(row.size),
                 |txn, seq| {
                     let mut m = manifest_in(txn, folder, path, &row.version)?;
                     m.executable = st.executable;
@@ -777,6 +782,7 @@ impl Store {
         for (path, row) in deleted_files.into_iter().chain(dir_rows) {
             writer.entry(
                 &[&path],
+                0,
                 |txn, seq| {
                     let vv = next_vv(txn, folder, &path, me, seq)?;
                     Ok(Op::Delete {
@@ -941,7 +947,17 @@ impl Store {
                         hash: Manifest::content_hash(&chunks),
                         chunks,
                     };
-                    writer.record_file(path, stat, m, index.get(path), deleted, by_hash)?;
+                    if m.chunks.len() > crate::log::MAX_MANIFEST_CHUNKS {
+                        let w = format!(
+                            "{path}: {} chunks is more than this version of weft can list for one file ({}); skipped",
+                            m.chunks.len(),
+                            crate::log::MAX_MANIFEST_CHUNKS
+                        );
+                        progress.warn(&w);
+                        writer.summary.warnings.push(w);
+                    } else {
+                        writer.record_file(path, stat, m, index.get(path), deleted, by_hash)?;
+                    }
                 }
                 Some(FileAttempt::Unstable { warn: Some(w) })
                 | Some(FileAttempt::Failed { warn: w }) => {
@@ -1024,6 +1040,7 @@ impl Writer<'_> {
         let (from, to, row) = (from.clone(), to.clone(), row.clone());
         self.entry(
             &[&from, &to],
+            chunk_bound(row.size),
             |txn, seq| {
                 let base = manifest_in(txn, folder, &from, &row.version)?;
                 let mut m = base.clone();
@@ -1072,6 +1089,7 @@ impl Writer<'_> {
             let old = old.clone();
             self.entry(
                 &[path],
+                m.chunks.len(),
                 |txn, seq| {
                     let base = manifest_in(txn, folder, path, &old.version).ok();
                     let vv = next_vv(txn, folder, path, me, seq)?;
@@ -1105,6 +1123,7 @@ impl Writer<'_> {
         }
         self.entry(
             &[path],
+            m.chunks.len(),
             |txn, seq| {
                 let vv = next_vv(txn, folder, path, me, seq)?;
                 Ok(Op::Put {
