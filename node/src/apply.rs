@@ -303,10 +303,12 @@ fn mtime_ns(m: &std::fs::Metadata) -> i64 {
 }
 
 /// Whether the disk at `target` is what the index says (no unscanned local change).
-fn disk_matches(target: &Path, row: Option<&IndexRow>) -> bool {
-    match (std::fs::symlink_metadata(target), row) {
-        (Err(e), None) => e.kind() == std::io::ErrorKind::NotFound,
-        (Err(e), Some(_)) => e.kind() == std::io::ErrorKind::NotFound,
+/// A path that cannot even be looked at (too long, permission) is an error, not a
+/// silent "changed here".
+fn disk_matches(target: &Path, row: Option<&IndexRow>) -> Result<bool, NodeError> {
+    Ok(match (std::fs::symlink_metadata(target), row) {
+        (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => true,
+        (Err(e), _) => return Err(io_err(target)(e)),
         (Ok(_), None) => false,
         (Ok(m), Some(r)) => match r.kind {
             IndexKind::File => {
@@ -314,7 +316,7 @@ fn disk_matches(target: &Path, row: Option<&IndexRow>) -> bool {
             }
             IndexKind::Dir => m.is_dir(),
         },
-    }
+    })
 }
 
 /// Refuses a path whose existing parents are not plain directories inside the root.
@@ -348,7 +350,7 @@ fn make_dir(
     match std::fs::symlink_metadata(&target) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            if !disk_matches(&target, row.as_ref()) {
+            if !disk_matches(&target, row.as_ref())? {
                 return Ok(false);
             }
             std::fs::remove_file(&target).map_err(io_err(&target))?;
@@ -388,7 +390,7 @@ fn adopt(
     if let Some(exec) = executable
         && exec != row.executable
     {
-        if !disk_matches(&target, Some(&row)) {
+        if !disk_matches(&target, Some(&row))? {
             return Ok(false);
         }
         use std::os::unix::fs::PermissionsExt;
@@ -418,7 +420,7 @@ fn remove(
     let row = shared.store.index_row(&folder.id, path)?;
     match kind {
         IndexKind::File => {
-            if !disk_matches(&target, row.as_ref()) {
+            if !disk_matches(&target, row.as_ref())? {
                 return Ok(false); // changed here: the scan records it, and the edit wins
             }
             match std::fs::remove_file(&target) {
@@ -463,7 +465,7 @@ fn write_file(
     let target = path.to_path(&root);
     let row = store.index_row(&folder.id, path)?;
     let replaces_dir = row.as_ref().is_some_and(|r| r.kind == IndexKind::Dir);
-    if !replaces_dir && !disk_matches(&target, row.as_ref()) {
+    if !replaces_dir && !disk_matches(&target, row.as_ref())? {
         return Ok(false); // a local change the next scan records; the merge decides
     }
     let tmp_dir = root.join(TEMP_DIR).join("tmp");
@@ -481,7 +483,7 @@ fn write_file(
             let _ = std::fs::remove_file(&tmp);
             return Ok(false);
         }
-    } else if !disk_matches(&target, row.as_ref()) {
+    } else if !disk_matches(&target, row.as_ref())? {
         let _ = std::fs::remove_file(&tmp);
         return Ok(false);
     }

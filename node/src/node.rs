@@ -505,10 +505,25 @@ fn on_sync(st: &mut State, ev: request_response::Event<SyncRequest, SyncResponse
                 },
             ..
         } => match response {
-            SyncResponse::Entries { entries, more } => {
+            SyncResponse::Entries {
+                entries,
+                more,
+                certs,
+            } => {
                 let Some((_, folder)) = st.pulls.remove(&request_id) else {
                     return;
                 };
+                let me = store(st).identity().person_id();
+                for c in certs.iter().take(1024) {
+                    match DeviceCertificate::from_bytes(c) {
+                        Ok(cert) if cert.body.person == me => {
+                            let _ = store(st).remember_device(&cert);
+                        }
+                        _ => {
+                            warn!(peer = %peer, "ignored a certificate that is not from this person")
+                        }
+                    }
+                }
                 let Ok(rec) = store(st).folder(&folder) else {
                     return;
                 };
@@ -607,7 +622,25 @@ fn handle_sync_request(st: &mut State, peer: PeerId, req: SyncRequest) -> SyncRe
                 };
             }
             match store(st).entries_since(&folder, &have) {
-                Ok((entries, more)) => SyncResponse::Entries { entries, more },
+                Ok((entries, more)) => {
+                    let mut authors: Vec<DeviceId> = entries
+                        .iter()
+                        .filter_map(|e| weft_store::log::Entry::decode(e).ok())
+                        .map(|e| e.header.author)
+                        .collect();
+                    authors.sort();
+                    authors.dedup();
+                    let certs = authors
+                        .iter()
+                        .filter_map(|a| store(st).device_cert(a).ok().flatten())
+                        .map(|c| c.to_bytes())
+                        .collect();
+                    SyncResponse::Entries {
+                        entries,
+                        more,
+                        certs,
+                    }
+                }
                 Err(e) => SyncResponse::Refused {
                     reason: e.to_string(),
                 },

@@ -64,6 +64,10 @@ pub enum SyncResponse {
         entries: Vec<Vec<u8>>,
         /// Whether more remain (pull again).
         more: bool,
+        /// The certificates of these entries' authors: a device that was paired
+        /// through another one is known to all by its certificate, which the person
+        /// key signed, however it travels.
+        certs: Vec<Vec<u8>>,
     },
     /// Acknowledges a Notify.
     Ack,

@@ -15,6 +15,10 @@ pub fn watch(folders: Vec<(PathBuf, FolderKick)>) -> Result<notify::RecommendedW
     let targets = folders.clone();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
+        // Opening or reading a file (weft's own scans do) changes nothing.
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
         for (root, kick) in &targets {
             let own = root.join(TEMP_DIR);
             if ev

@@ -222,6 +222,9 @@ pub fn conflict_name(path: &RelPath, v: &Version) -> RelPath {
 
 /// [`conflict_name`] with a disambiguator: `n == 0` is the plain name, `n ≥ 1` appends
 /// `-{n+1}` after the device short.
+/// The longest file name (one component) most filesystems accept, in bytes.
+pub const MAX_NAME: usize = 255;
+
 fn conflict_name_nth(path: &RelPath, v: &Version, n: u32) -> RelPath {
     let name = path.file_name();
     let (stem, ext) = match name.iter().rposition(|b| *b == b'.') {
@@ -242,8 +245,9 @@ fn conflict_name_nth(path: &RelPath, v: &Version, n: u32) -> RelPath {
         }
         None => Vec::new(),
     };
-    // `path` is valid, so the room left for a name is at least its current name's length.
-    let room = RelPath::MAX_LEN.saturating_sub(out.len());
+    // `path` is valid, so the room left for a name is at least its current name's length;
+    // a name is also kept within the 255 bytes common filesystems allow for one name.
+    let room = RelPath::MAX_LEN.saturating_sub(out.len()).min(MAX_NAME);
     if stem.len() + marker.len() + ext.len() <= room {
         out.extend_from_slice(stem);
         out.extend_from_slice(&marker);
