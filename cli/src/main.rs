@@ -180,7 +180,11 @@ fn node_running(home: &Home) -> bool {
 
 /// An absolute path for the node, which runs in another working directory.
 fn absolute(p: &std::path::Path) -> Result<String> {
-    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
     Ok(abs.to_string_lossy().into_owned())
 }
 
@@ -332,7 +336,13 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::History { path } => {
             let items: Vec<serde_json::Value> = if node_running(&home) {
-                let ControlResponse::History { items } = control(&home, ControlRequest::History { path: absolute(&path)? })? else {
+                let ControlResponse::History { items } = control(
+                    &home,
+                    ControlRequest::History {
+                        path: absolute(&path)?,
+                    },
+                )?
+                else {
                     bail!("unexpected answer from the node");
                 };
                 serde_json::from_value(items)?
@@ -346,12 +356,18 @@ fn run(cli: Cli) -> Result<i32> {
                     .collect::<Result<_, _>>()?
             };
             if items.is_empty() {
-                bail!("{} has no recorded versions (not scanned yet?)", path.display());
+                bail!(
+                    "{} has no recorded versions (not scanned yet?)",
+                    path.display()
+                );
             }
             if json {
                 print_json(&items)?;
             } else {
-                println!("{:>4}  {:<19}  {:>10}  {:<8}  {:<20}  NOTE", "VER", "TIME", "SIZE", "KIND", "AUTHOR");
+                println!(
+                    "{:>4}  {:<19}  {:>10}  {:<8}  {:<20}  NOTE",
+                    "VER", "TIME", "SIZE", "KIND", "AUTHOR"
+                );
                 for h in items {
                     let s = |k: &str| h[k].as_str().unwrap_or_default().to_owned();
                     let author_id = s("author");
@@ -601,26 +617,41 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Conflicts => {
-            let store = open(&home)?;
-            let mut all = Vec::new();
-            for f in store.folders()? {
-                for (path, _) in store.index_rows(&f)? {
-                    if path
-                        .file_name()
-                        .windows(15)
-                        .any(|w| w == b".sync-conflict-")
-                    {
-                        all.push(serde_json::json!({"folder": f.name, "path": path.to_string(), "on_disk": path.to_path(&f.root_path()).display().to_string()}));
+            let copies: Vec<(String, String, String)> = if node_running(&home) {
+                let ControlResponse::Conflicts { copies } =
+                    control(&home, ControlRequest::Conflicts)?
+                else {
+                    bail!("unexpected answer from the node");
+                };
+                copies
+            } else {
+                let store = open(&home)?;
+                let mut all = Vec::new();
+                for f in store.folders()? {
+                    for (path, _) in store.index_rows(&f)? {
+                        if path
+                            .file_name()
+                            .windows(15)
+                            .any(|w| w == b".sync-conflict-")
+                        {
+                            let on_disk = path.to_path(&f.root_path()).display().to_string();
+                            all.push((f.name.clone(), path.to_string(), on_disk));
+                        }
                     }
                 }
-            }
+                all
+            };
             if json {
-                print_json(&all)?;
-            } else if all.is_empty() {
+                let v: Vec<_> = copies
+                    .iter()
+                    .map(|(f, p, d)| serde_json::json!({"folder": f, "path": p, "on_disk": d}))
+                    .collect();
+                print_json(&v)?;
+            } else if copies.is_empty() {
                 println!("No conflicts.");
             } else {
-                for c in all {
-                    println!("{}", c["on_disk"].as_str().unwrap_or_default());
+                for (_, _, d) in copies {
+                    println!("{d}");
                 }
             }
         }

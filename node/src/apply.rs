@@ -102,9 +102,6 @@ pub async fn folder_worker(
         s.id = folder.id.to_string();
         s.state = "scanning".into();
     });
-    // Temporary files of a transfer interrupted before this start are stale: the
-    // chunks it had fetched are in the cache, so nothing is lost by removing them.
-    let _ = std::fs::remove_dir_all(folder.root_path().join(TEMP_DIR).join("tmp"));
     let mut first = true;
     loop {
         if !first {
@@ -125,7 +122,12 @@ pub async fn folder_worker(
         if let Some(e) = &err {
             warn!(folder = %folder.name, "sync round failed: {e}");
         }
-        set_status(&shared, &folder.id, |s| s.last_error = err);
+        set_status(&shared, &folder.id, |s| {
+            if err.is_some() && s.state == "scanning" {
+                s.state = "stopped".into();
+            }
+            s.last_error = err;
+        });
     }
 }
 

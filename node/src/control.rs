@@ -24,6 +24,8 @@ pub enum ControlRequest {
     Status,
     /// A new pairing code.
     Invite,
+    /// Conflict copies, per folder.
+    Conflicts,
     /// A file's versions.
     History {
         /// The file's absolute path.
@@ -85,6 +87,11 @@ pub enum ControlResponse {
     History {
         /// The rows.
         items: serde_json::Value,
+    },
+    /// Conflict copies: folder name, path in the folder, path on disk.
+    Conflicts {
+        /// The copies.
+        copies: Vec<(String, String, String)>,
     },
     /// What a restore did.
     Restored {

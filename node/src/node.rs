@@ -255,6 +255,9 @@ pub async fn run(
     let mut watched = Vec::new();
     let mut workers = Vec::new();
     for f in shared.store.folders()? {
+        // Temporary files of a transfer interrupted before this start are stale: the
+        // chunks it had fetched are in the cache, so nothing is lost by removing them.
+        let _ = std::fs::remove_dir_all(f.root_path().join(weft_store::scan::TEMP_DIR).join("tmp"));
         let kick = FolderKick::new();
         st.kicks.insert(f.id, kick.clone());
         watched.push((f.root_path(), kick.clone()));
@@ -906,6 +909,16 @@ fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
         ControlRequest::History { .. } | ControlRequest::Restore { .. } => ControlResponse::Error {
             message: "handled elsewhere".into(),
         },
+        ControlRequest::Conflicts => {
+            let mut copies = Vec::new();
+            for f in store(st).folders().unwrap_or_default() {
+                for p in crate::apply::conflicts(&st.shared, &f).unwrap_or_default() {
+                    let on_disk = f.root_path().join(&p).display().to_string();
+                    copies.push((f.name.clone(), p, on_disk));
+                }
+            }
+            ControlResponse::Conflicts { copies }
+        }
         ControlRequest::Invite => {
             let secret = weft_crypto::random_bytes::<16>();
             let expires_ms = now_ms() + INVITE_TTL_MS;

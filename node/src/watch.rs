@@ -31,9 +31,17 @@ pub fn watch(folders: Vec<(PathBuf, FolderKick)>) -> Result<notify::RecommendedW
         }
     })
     .map_err(|e| NodeError::Watch(e.to_string()))?;
-    for (root, _) in &folders {
-        w.watch(root, RecursiveMode::Recursive)
-            .map_err(|e| NodeError::Watch(format!("{}: {e}", root.display())))?;
+    for (root, kick) in &folders {
+        // A folder that cannot be watched (gone, or a directory vanishing under the
+        // recursive walk) still syncs: its worker reports the error, and the periodic
+        // rescan stands in for the watcher.
+        if let Err(e) = w.watch(root, RecursiveMode::Recursive) {
+            tracing::warn!(
+                "cannot watch {}: {e}; relying on periodic rescans",
+                root.display()
+            );
+            kick.kick();
+        }
     }
     Ok(w)
 }
