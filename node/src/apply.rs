@@ -163,7 +163,20 @@ fn round(
     let mut done_bytes = 0u64;
     let mut skipped = 0usize;
     let mut writer = store.cache().writer()?;
+    // Origins whose conflict copy could not be written: their file is not replaced
+    // this round (it may be the only copy of the losing version).
+    let mut held: Vec<RelPath> = Vec::new();
     for action in plan {
+        if let Action::WriteFile {
+            path,
+            conflict_of: None,
+            ..
+        } = &action
+            && held.contains(path)
+        {
+            skipped += 1;
+            continue;
+        }
         let res = match &action {
             Action::MakeDir { path, version } => make_dir(shared, &folder, path, *version),
             Action::Adopt {
@@ -206,12 +219,22 @@ fn round(
                 r
             }
         };
-        match res {
-            Ok(true) => {}
-            Ok(false) => skipped += 1,
+        let ok = match res {
+            Ok(true) => true,
+            Ok(false) => false,
             Err(e) => {
                 warn!(folder = %folder.name, "{e}");
-                skipped += 1;
+                false
+            }
+        };
+        if !ok {
+            skipped += 1;
+            if let Action::WriteFile {
+                conflict_of: Some(origin),
+                ..
+            } = &action
+            {
+                held.push(origin.clone());
             }
         }
     }

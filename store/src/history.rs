@@ -302,11 +302,7 @@ impl Store {
         let me = self.id.device_id();
         let txn = self.db.begin_write()?;
         let applied = append_local(&txn, &self.id, &folder.id, &keys, now_ms(), |seq| {
-            let heads = {
-                let t = txn.open_table(db::HEADS)?;
-                db::read_heads(&t, &folder.id, path)?
-            };
-            let mut vv = db::heads_vv(&heads);
+            let mut vv = crate::store::local_base_vv(&txn, &folder.id, path, me)?;
             vv.set(me, seq);
             Ok(vec![Op::Put {
                 path: path.clone(),

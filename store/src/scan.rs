@@ -553,8 +553,8 @@ struct OpenEntry {
 /// under [`crate::log::MAX_ENTRY_LEN`]).
 const ENTRY_CHUNKS: usize = crate::log::MAX_MANIFEST_CHUNKS;
 
-/// The vector of a new local version of `path`: it dominates every current head and
-/// carries this entry's sequence number.
+/// The vector of a new local version of `path`: it dominates what this device's disk
+/// held ([`crate::store::local_base_vv`]) and carries this entry's sequence number.
 fn next_vv(
     txn: &WriteTransaction,
     folder: &FolderRecord,
@@ -562,8 +562,7 @@ fn next_vv(
     me: weft_crypto::DeviceId,
     seq: u64,
 ) -> Result<crate::model::VersionVector> {
-    let t = txn.open_table(db::HEADS)?;
-    let mut vv = db::heads_vv(&db::read_heads(&t, &folder.id, path)?);
+    let mut vv = crate::store::local_base_vv(txn, &folder.id, path, me)?;
     vv.set(me, seq);
     Ok(vv)
 }

@@ -322,6 +322,55 @@ pub(crate) fn version_manifest<T: ReadableTable<&'static [u8], &'static [u8]>>(
     rec.manifest.ok_or_else(missing)
 }
 
+/// The causal base of a new local version of `path`: what this device's disk holds.
+///
+/// A local edit supersedes the version the file on disk came from (the index row's),
+/// not every head the store knows: a remote version accepted but not yet written here
+/// was never seen by the person editing, so the edit must stay concurrent with it and
+/// become a conflict, not silently replace it. A path absent here has seen the
+/// tombstones among its heads (absence is what they say). This device's own versions
+/// are always part of the base.
+pub(crate) fn local_base_vv(
+    txn: &WriteTransaction,
+    folder: &FolderId,
+    path: &RelPath,
+    me: DeviceId,
+) -> Result<crate::model::VersionVector> {
+    let row: Option<IndexRow> = txn
+        .open_table(db::INDEX)?
+        .get(db::key_path(folder, path).as_slice())?
+        .map(|v| db::dec("index row", v.value()))
+        .transpose()?;
+    let heads = db::read_heads(&txn.open_table(db::HEADS)?, folder, path)?;
+    // This device's own versions are known to it, whatever its disk holds.
+    let mut vv = db::heads_vv(
+        &heads
+            .iter()
+            .filter(|h| h.id.author == me)
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    match row {
+        Some(row) => {
+            let rec: Option<VersionRecord> = txn
+                .open_table(db::VERSIONS)?
+                .get(db::key_version(folder, path, &row.version).as_slice())?
+                .map(|v| db::dec("version", v.value()))
+                .transpose()?;
+            match rec {
+                Some(rec) => vv.join(&rec.version.vv),
+                None => vv.join(&db::heads_vv(&heads)),
+            }
+        }
+        None => {
+            for h in heads.iter().filter(|h| !h.content.is_live()) {
+                vv.join(&h.vv);
+            }
+        }
+    }
+    Ok(vv)
+}
+
 /// What appending or accepting one entry did.
 #[derive(Debug)]
 pub struct EntryApplied {

@@ -296,6 +296,17 @@ impl Store {
                 kind: row.kind,
             });
         }
+        // Conflict copies first: a losing version may exist only in the file the winner
+        // is about to replace, so its copy must be written while it can still be read.
+        files.sort_by_key(|a| {
+            !matches!(
+                a,
+                Action::WriteFile {
+                    conflict_of: Some(_),
+                    ..
+                }
+            )
+        });
         dirs.extend(files);
         dirs.extend(removes);
         Ok(dirs)
