@@ -404,6 +404,7 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
                     .sync
                     .send_request(&peer_id, SyncRequest::Hello { cert });
                 pull_all(st, peer_id);
+                kick_all(st);
             }
         }
         SwarmEvent::ConnectionClosed {
@@ -456,6 +457,14 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
         SwarmEvent::Behaviour(BehaviourEvent::Chunk(ev)) => on_chunk(st, ev),
         SwarmEvent::Behaviour(BehaviourEvent::Pair(ev)) => on_pair(st, ev),
         _ => {}
+    }
+}
+
+/// Kicks every folder worker: a peer just proved itself, so transfers that waited for
+/// a chunk only it has can go on now.
+fn kick_all(st: &State) {
+    for k in st.kicks.values() {
+        k.kick();
     }
 }
 
@@ -590,6 +599,7 @@ fn accept_hello(st: &mut State, peer: PeerId, cert: &[u8]) -> bool {
                 if newly {
                     info!(peer = %peer, name = %c.body.name, "peer connected");
                     pull_all(st, peer);
+                    kick_all(st);
                 }
             }
             true
@@ -648,6 +658,10 @@ fn handle_sync_request(st: &mut State, peer: PeerId, req: SyncRequest) -> SyncRe
                     reason: e.to_string(),
                 },
             }
+        }
+        SyncRequest::Malformed(reason) => {
+            warn!(peer = %peer, "refused a sync request: {reason}");
+            SyncResponse::Refused { reason }
         }
         SyncRequest::Notify { folder } => {
             if st.kicks.contains_key(&folder) {
@@ -748,7 +762,18 @@ fn serve_chunk(
         warn!(peer = %peer, "refused chunk request from an unpaired peer");
         ChunkResponse::Refused
     } else {
-        let ChunkRequest::Get { id } = req;
+        let id = match req {
+            ChunkRequest::Get { id } => id,
+            ChunkRequest::Malformed(reason) => {
+                warn!(peer = %peer, "refused a chunk request: {reason}");
+                let _ = st
+                    .swarm
+                    .behaviour_mut()
+                    .chunk
+                    .send_response(channel, ChunkResponse::Refused);
+                return;
+            }
+        };
         match store(st).chunk(&id) {
             Ok(Some(ct)) => {
                 st.shared.add_sent(ct.len() as u64);
@@ -817,7 +842,13 @@ fn on_pair(st: &mut State, ev: request_response::Event<PairRequest, PairResponse
 }
 
 fn handle_pair(st: &mut State, peer: PeerId, req: PairRequest) -> PairResponse {
-    let PairRequest::Join { proof: got, name } = req;
+    let (got, name) = match req {
+        PairRequest::Join { proof, name } => (proof, name),
+        PairRequest::Malformed(reason) => {
+            warn!(peer = %peer, "refused a pairing request: {reason}");
+            return PairResponse::Refused { reason };
+        }
+    };
     let refuse = |reason: &str| PairResponse::Refused {
         reason: reason.into(),
     };

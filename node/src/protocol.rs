@@ -48,6 +48,11 @@ pub enum SyncRequest {
         /// The folder.
         folder: FolderId,
     },
+    /// Never on the wire: what the codec hands the node for a request it could not
+    /// read (over the size limit, or malformed), so the node can log it with the peer
+    /// and refuse it.
+    #[serde(skip)]
+    Malformed(String),
 }
 
 /// Responses of `/weft/sync/1`.
@@ -86,6 +91,9 @@ pub enum ChunkRequest {
         /// The chunk.
         id: ChunkId,
     },
+    /// Never on the wire: an unreadable request (see [`SyncRequest::Malformed`]).
+    #[serde(skip)]
+    Malformed(String),
 }
 
 /// Responses of `/weft/chunk/1`.
@@ -109,6 +117,33 @@ pub enum PairRequest {
         /// The joiner's device name.
         name: String,
     },
+    /// Never on the wire: an unreadable request (see [`SyncRequest::Malformed`]).
+    #[serde(skip)]
+    Malformed(String),
+}
+
+/// Requests that can stand for an unreadable one.
+pub trait Unreadable {
+    /// The stand-in for a request that could not be read, with the reason.
+    fn unreadable(reason: String) -> Self;
+}
+
+impl Unreadable for SyncRequest {
+    fn unreadable(reason: String) -> Self {
+        SyncRequest::Malformed(reason)
+    }
+}
+
+impl Unreadable for ChunkRequest {
+    fn unreadable(reason: String) -> Self {
+        ChunkRequest::Malformed(reason)
+    }
+}
+
+impl Unreadable for PairRequest {
+    fn unreadable(reason: String) -> Self {
+        PairRequest::Malformed(reason)
+    }
 }
 
 /// Responses of `/weft/pair/1`.
@@ -205,7 +240,7 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
 
 impl<Req, Resp> libp2p::request_response::Codec for Codec<Req, Resp>
 where
-    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Req: Serialize + DeserializeOwned + Unreadable + Send + Sync + 'static,
     Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     type Protocol = StreamProtocol;
@@ -217,7 +252,13 @@ where
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Req> {
-        read_frame(io, self.max_request).await
+        // An unreadable request still reaches the node, as a stand-in carrying the
+        // reason, so that it is logged with the peer and answered with a refusal
+        // (libp2p would otherwise drop it silently). Its body is not read further.
+        match read_frame(io, self.max_request).await {
+            Ok(r) => Ok(r),
+            Err(e) => Ok(Req::unreadable(e.to_string())),
+        }
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
