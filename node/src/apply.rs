@@ -39,6 +39,8 @@ use weft_store::sync::Action;
 pub const WINDOW: usize = 16;
 /// Fetched chunks are saved to the cache in groups of this many.
 const SAVE_EVERY: usize = 8;
+/// Every this many groups, the saved chunks are made durable (fsync).
+const PERSIST_EVERY: usize = 8;
 
 /// Wakes a folder worker.
 #[derive(Clone, Default)]
@@ -238,8 +240,10 @@ fn round(
             }
         }
     }
-    // Record conflict copies (and anything that changed meanwhile) as this device's.
+    // Record conflict copies (and anything that changed meanwhile) as this device's;
+    // the scan's commit also makes the round's light commits durable.
     scan_and_notify(shared, &folder, cmds)?;
+    store.persist()?;
     update_conflicts(shared, &folder)?;
     let left = local_plan(shared, &folder)?;
     set_status(shared, &folder.id, |s| {
@@ -551,6 +555,7 @@ fn assemble(
     let mut queue: VecDeque<(usize, Source)> = VecDeque::new();
     let mut next = 0usize;
     let mut to_save: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut saves = 0usize;
     let chunks = &manifest.chunks;
     let request = |i: usize| -> Result<Source, NodeError> {
         let id = chunks[i].id;
@@ -603,6 +608,10 @@ fn assemble(
             if to_save.len() >= SAVE_EVERY {
                 store.put_chunks(writer, &to_save)?;
                 to_save.clear();
+                saves += 1;
+                if saves % PERSIST_EVERY == 0 {
+                    store.persist()?; // a killed transfer loses at most this much
+                }
             }
         }
         if next < chunks.len() {

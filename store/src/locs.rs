@@ -106,7 +106,7 @@ impl Store {
         old: Option<&crate::db::IndexRow>,
         new: Option<&Manifest>,
     ) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_light()?;
         if let Some(row) = old {
             forget_row(&txn, folder, path, row)?;
         }

@@ -68,6 +68,23 @@ pub struct Accepted {
 }
 
 impl Store {
+    /// A transaction for bookkeeping that can be re-derived after a crash (chunks saved
+    /// during a transfer, index rows of files just written): committed without an
+    /// fsync; [`Store::persist`] makes it durable at the end of a round. Losing it costs
+    /// a refetch or a rescan that finds the same content, never data.
+    pub(crate) fn begin_light(&self) -> Result<redb::WriteTransaction> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::decode("transaction", e))?;
+        Ok(txn)
+    }
+
+    /// Makes every earlier light commit durable.
+    pub fn persist(&self) -> Result<()> {
+        self.db.begin_write()?.commit()?;
+        Ok(())
+    }
+
     /// Each author's last accepted sequence number in `folder`.
     pub fn tips(&self, folder: &FolderId) -> Result<Vec<(DeviceId, u64)>> {
         let r = self.db.begin_read()?;
@@ -322,7 +339,7 @@ impl Store {
         for (id, ct) in chunks {
             id.check(ct)?;
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_light()?;
         {
             let mut t = txn.open_table(db::CHUNKS)?;
             for (id, ct) in chunks {
@@ -385,7 +402,7 @@ impl Store {
         path: &RelPath,
         row: Option<&IndexRow>,
     ) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_light()?;
         {
             let mut t = txn.open_table(db::INDEX)?;
             let k = db::key_path(folder, path);
