@@ -165,6 +165,8 @@ fn round(
     let mut done_bytes = 0u64;
     let mut skipped = 0usize;
     let mut writer = store.cache().writer()?;
+    let mut prefetch = Prefetch::new(shared, &plan)?;
+    prefetch.pump(shared, cmds)?;
     // Origins whose conflict copy could not be written: their file is not replaced
     // this round (it may be the only copy of the losing version).
     let mut held: Vec<RelPath> = Vec::new();
@@ -202,6 +204,7 @@ fn round(
                     conflict_of.as_ref(),
                     cmds,
                     &mut writer,
+                    &mut prefetch,
                 );
                 if let Ok(true) = r {
                     done_bytes += manifest.size;
@@ -487,6 +490,7 @@ fn write_file(
     conflict_of: Option<&RelPath>,
     cmds: &mpsc::Sender<Cmd>,
     writer: &mut weft_store::cache::PackWriter,
+    prefetch: &mut Prefetch,
 ) -> Result<bool, NodeError> {
     let store = &shared.store;
     let root = folder.root_path();
@@ -500,7 +504,7 @@ fn write_file(
     let tmp_dir = root.join(TEMP_DIR).join("tmp");
     std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
     let tmp = tmp_dir.join(format!("{}.part", &manifest.hash.to_hex()[..32]));
-    let result = assemble(shared, manifest, &tmp, cmds, writer);
+    let result = assemble(shared, manifest, &tmp, cmds, writer, prefetch);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -549,6 +553,7 @@ fn assemble(
     tmp: &PathBuf,
     cmds: &mpsc::Sender<Cmd>,
     writer: &mut weft_store::cache::PackWriter,
+    prefetch: &mut Prefetch,
 ) -> Result<(), NodeError> {
     let store = &shared.store;
     let mut f = std::fs::File::create(tmp).map_err(io_err(tmp))?;
@@ -557,18 +562,18 @@ fn assemble(
     let mut to_save: Vec<(ChunkId, Vec<u8>)> = Vec::new();
     let mut saves = 0usize;
     let chunks = &manifest.chunks;
-    let request = |i: usize| -> Result<Source, NodeError> {
+    let request = |i: usize, prefetch: &mut Prefetch| -> Result<Source, NodeError> {
         let id = chunks[i].id;
+        if let Some(rx) = prefetch.take(&id) {
+            return Ok(Source::Fetch(rx));
+        }
         if store.has_chunk(&id)? {
             return Ok(Source::Cache);
         }
-        let (tx, rx) = oneshot::channel();
-        cmds.blocking_send(Cmd::FetchChunk { id, reply: tx })
-            .map_err(|_| NodeError::Network("node is shutting down".into()))?;
-        Ok(Source::Fetch(rx))
+        Ok(Source::Fetch(fetch(cmds, id)?))
     };
     while next < chunks.len() && queue.len() < WINDOW {
-        queue.push_back((next, request(next)?));
+        queue.push_back((next, request(next, prefetch)?));
         next += 1;
     }
     while let Some((i, src)) = queue.pop_front() {
@@ -615,9 +620,10 @@ fn assemble(
             }
         }
         if next < chunks.len() {
-            queue.push_back((next, request(next)?));
+            queue.push_back((next, request(next, prefetch)?));
             next += 1;
         }
+        prefetch.pump(shared, cmds)?;
     }
     if !to_save.is_empty() {
         store.put_chunks(writer, &to_save)?;
@@ -640,4 +646,65 @@ fn assemble(
     f.set_modified(mtime).map_err(io_err(tmp))?;
     f.sync_all().map_err(io_err(tmp))?;
     Ok(())
+}
+
+fn fetch(
+    cmds: &mpsc::Sender<Cmd>,
+    id: ChunkId,
+) -> Result<oneshot::Receiver<Option<Vec<u8>>>, NodeError> {
+    let (tx, rx) = oneshot::channel();
+    cmds.blocking_send(Cmd::FetchChunk { id, reply: tx })
+        .map_err(|_| NodeError::Network("node is shutting down".into()))?;
+    Ok(rx)
+}
+
+/// Chunk fetches started ahead, across the files of a round, so that many small files
+/// do not each wait a round trip. At most [`PREFETCH`] are in flight (bounded memory).
+pub(crate) struct Prefetch {
+    ahead: VecDeque<ChunkId>,
+    inflight: std::collections::HashMap<ChunkId, oneshot::Receiver<Option<Vec<u8>>>>,
+    claimed: std::collections::HashSet<ChunkId>,
+}
+
+/// Chunks fetched ahead of the file being written.
+pub const PREFETCH: usize = 32;
+
+impl Prefetch {
+    fn new(shared: &Shared, plan: &[Action]) -> Result<Prefetch, NodeError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut ahead = VecDeque::new();
+        for a in plan {
+            if let Action::WriteFile { manifest, .. } = a {
+                for c in &manifest.chunks {
+                    if seen.insert(c.id) && !shared.store.has_chunk(&c.id)? {
+                        ahead.push_back(c.id);
+                    }
+                }
+            }
+        }
+        Ok(Prefetch {
+            ahead,
+            inflight: std::collections::HashMap::new(),
+            claimed: std::collections::HashSet::new(),
+        })
+    }
+
+    /// The fetch of `id` if one was started (or will not be: it is claimed now).
+    fn take(&mut self, id: &ChunkId) -> Option<oneshot::Receiver<Option<Vec<u8>>>> {
+        self.claimed.insert(*id);
+        self.inflight.remove(id)
+    }
+
+    /// Starts fetches until [`PREFETCH`] are in flight.
+    fn pump(&mut self, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Result<(), NodeError> {
+        while self.inflight.len() < PREFETCH {
+            let Some(id) = self.ahead.pop_front() else {
+                break;
+            };
+            if !self.claimed.contains(&id) && !shared.store.has_chunk(&id)? {
+                self.inflight.insert(id, fetch(cmds, id)?);
+            }
+        }
+        Ok(())
+    }
 }
