@@ -614,7 +614,7 @@ fn assemble(
                 store.put_chunks(writer, &to_save)?;
                 to_save.clear();
                 saves += 1;
-                if saves % PERSIST_EVERY == 0 {
+                if saves.is_multiple_of(PERSIST_EVERY) {
                     store.persist()?; // a killed transfer loses at most this much
                 }
             }
