@@ -280,7 +280,10 @@ async fn ignored_files_stay_on_their_device() {
     a.write("build/out.o", b"object");
     a.write("src/main.rs", b"fn main() {}");
     b.write("b.log", b"b's own noise");
-    eventually("src/main.rs reaches b", WAIT, || b.path("src/main.rs").exists()).await;
+    eventually("src/main.rs reaches b", WAIT, || {
+        b.path("src/main.rs").exists()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!b.path("debug.log").exists() && !b.path("build").exists());
     assert!(!a.path("b.log").exists());
