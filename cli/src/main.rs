@@ -667,6 +667,15 @@ fn up(
     no_mdns: bool,
     json: bool,
 ) -> Result<i32> {
+    if let Some(p) = &path
+        && !p.is_dir()
+    {
+        bail!(
+            "{} is not a directory: create it first (mkdir -p {})",
+            p.display(),
+            p.display()
+        );
+    }
     if !home.is_initialized() {
         let (id, _) = home.init(&default_device_name(), now_ms())?;
         println!(

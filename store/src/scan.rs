@@ -90,10 +90,12 @@ pub struct ScanSummary {
     pub dirs_deleted: u64,
     /// Bytes read from files.
     pub bytes_read: u64,
-    /// Chunks stored that the cache did not have.
+    /// Chunks this device had not seen before (in no cached or current version).
     pub new_chunks: u64,
     /// Their ciphertext bytes.
     pub new_chunk_bytes: u64,
+    /// Ciphertext bytes added to the chunk cache (within its budget).
+    pub cached_bytes: u64,
     /// Log entries written.
     pub log_entries: u64,
     /// Their encoded bytes.
@@ -449,20 +451,29 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         let key = db::chunk_key(&sealed.id);
-        let known = {
-            let t = self.txn()?.open_table(db::CHUNKS)?;
-            t.get(key.as_slice())?.is_some()
+        let (cached, in_files) = {
+            let txn = self.txn()?;
+            let cached = txn.open_table(db::CHUNKS)?.get(key.as_slice())?.is_some();
+            let in_files = txn
+                .open_table(db::CHUNK_LOCS)?
+                .get(key.as_slice())?
+                .is_some();
+            (cached, in_files)
         };
         let len = sealed.ciphertext.len() as u64;
-        if !known && len <= self.cache_room {
+        // New to this device: what an edit really costs to store and to send.
+        if !cached && !in_files {
+            self.summary.new_chunks += 1;
+            self.summary.new_chunk_bytes += len;
+        }
+        if !cached && len <= self.cache_room {
             self.cache_room -= len;
             let loc = self.pack.append(&sealed.ciphertext)?;
             self.txn()?
                 .open_table(db::CHUNKS)?
                 .insert(key.as_slice(), db::enc(&loc).as_slice())?;
-            self.summary.new_chunks += 1;
-            self.summary.new_chunk_bytes += sealed.ciphertext.len() as u64;
-            self.batch_bytes += sealed.ciphertext.len() as u64;
+            self.summary.cached_bytes += len;
+            self.batch_bytes += len;
         }
         self.batch_chunks.insert(sealed.id);
         Ok(())
