@@ -5,10 +5,10 @@
 use crate::NodeError;
 use crate::pairing::{Invite, proof};
 use crate::protocol::*;
+use libp2p::Multiaddr;
 use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, noise, tcp, yamux};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use weft_crypto::{DeviceCertificate, DeviceId, SecretKey};
@@ -55,28 +55,13 @@ pub async fn join(home: &Home, code: &str, dir: &Path, name: &str) -> Result<Joi
         SecretKey::generate()
     };
     let me = DeviceId(device.public());
-    let mut seed = *device.to_seed();
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
-        .map_err(|e| NodeError::Network(e.to_string()))?;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| NodeError::Network(e.to_string()))?
-        .with_quic()
-        .with_behaviour(|_| JoinBehaviour {
-            pair: request_response::Behaviour::with_codec(
-                Codec::new(MAX_PAIR_MESSAGE, MAX_PAIR_MESSAGE),
-                [(PAIR_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(JOIN_TIMEOUT),
-            ),
-        })
-        .map_err(|e| NodeError::Network(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build();
+    let mut swarm = crate::node::swarm_with(&device, Duration::from_secs(30), |_| JoinBehaviour {
+        pair: request_response::Behaviour::with_codec(
+            Codec::new(MAX_PAIR_MESSAGE, MAX_PAIR_MESSAGE),
+            [(PAIR_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(JOIN_TIMEOUT),
+        ),
+    })?;
     let inviter = crate::node::peer_id_of(&inv.device)
         .ok_or_else(|| NodeError::Pairing("bad inviter id".into()))?;
     let addrs: Vec<Multiaddr> = inv.addrs.iter().filter_map(|a| a.parse().ok()).collect();

@@ -161,17 +161,17 @@ fn device_id(p: &PeerId) -> Option<DeviceId> {
     Some(DeviceId(PublicKey(ed.to_bytes())))
 }
 
-fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
-    let mut seed = *shared.store.identity().device.to_seed();
+/// A swarm over TCP and QUIC (Noise, Yamux) with the device key as its identity, and
+/// the behaviour `make` builds; shared by the node and by `weft join`.
+pub(crate) fn swarm_with<B: NetworkBehaviour>(
+    device: &weft_crypto::SecretKey,
+    idle: Duration,
+    make: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> Result<Swarm<B>, NodeError> {
+    let mut seed = *device.to_seed();
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|e| NodeError::Network(e.to_string()))?;
-    let mdns_on = cfg.mdns;
-    let rr = |max: usize| {
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(30))
-            .with_max_concurrent_streams(max)
-    };
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
@@ -180,7 +180,23 @@ fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, No
         )
         .map_err(|e| NodeError::Network(e.to_string()))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_behaviour(|key| make(key))
+        .map_err(|e| NodeError::Network(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build())
+}
+
+fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
+    let mdns_on = cfg.mdns;
+    let rr = |max: usize| {
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(max)
+    };
+    swarm_with(
+        &shared.store.identity().device,
+        Duration::from_secs(300),
+        |key| {
             let local = key.public().to_peer_id();
             let mdns = if mdns_on {
                 mdns::tokio::Behaviour::new(mdns::Config::default(), local).ok()
@@ -218,11 +234,8 @@ fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, No
                     rr(4),
                 ),
             }
-        })
-        .map_err(|e| NodeError::Network(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-        .build();
-    Ok(swarm)
+        },
+    )
 }
 
 /// Runs a node until `shutdown` resolves.
