@@ -536,6 +536,12 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Join { code, path, name } => {
+            if node_running(&home) {
+                bail!(
+                    "this device's node is running ({}): a device that syncs already cannot join another person's devices; use a fresh --home",
+                    home.root().display()
+                );
+            }
             let dir = match path {
                 Some(p) => p,
                 None => std::env::current_dir()?,

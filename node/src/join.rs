@@ -130,11 +130,7 @@ pub async fn join(home: &Home, code: &str, dir: &Path, name: &str) -> Result<Joi
         ));
     }
     // Welcomed: now write.
-    let id = if existing {
-        home.adopt_person(&person_seed, &cert)?
-    } else {
-        home.init_joined(&device, &person_seed, &cert)?
-    };
+    let id = home.init_joined(&device, &person_seed, &cert)?;
     let store = Store::open(home)?;
     for d in devices {
         if let Ok(c) = DeviceCertificate::from_bytes(&d)

@@ -145,30 +145,9 @@ impl Home {
         ))
     }
 
-    /// Makes this device one of another person's devices (pairing): keeps the device
-    /// key, replaces the person key and the certificate, which must certify this
-    /// device's key under that person key.
-    pub fn adopt_person(
-        &self,
-        person_seed: &[u8; 32],
-        cert: &DeviceCertificate,
-    ) -> Result<Identity> {
-        let device = SecretKey::from_seed(&read_seed(&self.device_key_path())?);
-        let person = SecretKey::from_seed(person_seed);
-        cert.verify(Some(&PersonId(person.public())))?;
-        if cert.body.device != DeviceId(device.public()) {
-            return Err(StoreError::decode(
-                "device certificate",
-                "certifies another device",
-            ));
-        }
-        write_private(&self.person_key(), person.to_seed().as_slice())?;
-        write_private(&self.device_cert(), &cert.to_bytes())?;
-        self.load_identity()
-    }
-
-    /// Initializes a fresh home as a paired device: its own device key, the person's
-    /// key and the certificate the inviting device issued.
+    /// Makes this home a paired device of a person: its device key (new, or the one it
+    /// already has), the person's key and the certificate the inviting device issued,
+    /// which must certify that device key under that person key.
     pub fn init_joined(
         &self,
         device: &SecretKey,
