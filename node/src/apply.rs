@@ -6,8 +6,10 @@
 //!
 //! - a file is assembled chunk by chunk into a temporary file under the folder's
 //!   `.weft/tmp/`, each chunk checked against its id and opened with its key (so the
-//!   bytes are what the author wrote), fetched chunks are saved in the chunk cache
-//!   as they arrive (a killed transfer resumes from them), the file is fsynced and
+//!   bytes are what the author wrote; the node does this off the swarm task as chunks
+//!   arrive), the partial file is kept if the transfer is cut short (the next attempt,
+//!   after a restart too, checks its chunks against their keys and goes on after the
+//!   intact ones), the file is fsynced and
 //!   renamed into place only if the file on disk still matches the index: a file
 //!   modified locally meanwhile is never overwritten;
 //! - a path is written only below real directories of the folder: a symlinked
@@ -31,16 +33,12 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{info, warn};
 use weft_crypto::{ChunkId, FolderId, Hash, SealedChunk};
 use weft_store::db::{FolderRecord, IndexKind, IndexRow};
-use weft_store::model::{Manifest, RelPath, VersionId};
+use weft_store::model::{ChunkRef, Manifest, RelPath, VersionId};
 use weft_store::scan::{NoProgress, TEMP_DIR};
 use weft_store::sync::Action;
 
 /// Chunks requested ahead of the one being written.
 pub const WINDOW: usize = 16;
-/// Fetched chunks are saved to the cache in groups of this many.
-const SAVE_EVERY: usize = 8;
-/// Every this many groups, the saved chunks are made durable (fsync).
-const PERSIST_EVERY: usize = 8;
 
 /// Wakes a folder worker.
 #[derive(Clone, Default)]
@@ -164,8 +162,8 @@ fn round(
     let started = Instant::now();
     let mut done_bytes = 0u64;
     let mut skipped = 0usize;
-    let mut writer = store.cache().writer()?;
-    let mut prefetch = Prefetch::new(shared, &plan)?;
+    let kept = keep_parts(store, &folder, &plan)?;
+    let mut prefetch = Prefetch::new(shared, &plan, &kept)?;
     prefetch.pump(shared, cmds)?;
     // Origins whose conflict copy could not be written: their file is not replaced
     // this round (it may be the only copy of the losing version).
@@ -203,7 +201,6 @@ fn round(
                     manifest,
                     conflict_of.as_ref(),
                     cmds,
-                    &mut writer,
                     &mut prefetch,
                 );
                 if let Ok(true) = r {
@@ -265,6 +262,41 @@ fn round(
         )));
     }
     Ok(())
+}
+
+/// Partial files of earlier attempts: those of files this plan still writes are kept
+/// (with how many of their leading chunks are intact), the rest removed.
+fn keep_parts(
+    store: &weft_store::Store,
+    folder: &FolderRecord,
+    plan: &[Action],
+) -> Result<std::collections::HashMap<Hash, usize>, NodeError> {
+    let root = folder.root_path();
+    let dir = root.join(TEMP_DIR).join("tmp");
+    let mut kept = std::collections::HashMap::new();
+    let Ok(listing) = std::fs::read_dir(&dir) else {
+        return Ok(kept);
+    };
+    let mut wanted = std::collections::HashMap::new();
+    for a in plan {
+        if let Action::WriteFile { manifest, .. } = a {
+            wanted.insert(part_path(&root, manifest), manifest);
+        }
+    }
+    let secret = *store.keys(folder).convergence_secret();
+    for e in listing.flatten() {
+        let path = e.path();
+        match wanted.get(&path) {
+            Some(m) => {
+                let (n, _) = resumable(&secret, m, &path)?;
+                kept.insert(m.hash, n);
+            }
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(kept)
 }
 
 /// The store's plan, minus what this device ignores (`.weftignore` holds on each side).
@@ -476,6 +508,8 @@ fn remove(
 }
 
 enum Source {
+    /// The same chunk earlier in this file.
+    Earlier,
     Cache,
     Fetch(oneshot::Receiver<Option<Vec<u8>>>),
 }
@@ -489,7 +523,6 @@ fn write_file(
     manifest: &Manifest,
     conflict_of: Option<&RelPath>,
     cmds: &mpsc::Sender<Cmd>,
-    writer: &mut weft_store::cache::PackWriter,
     prefetch: &mut Prefetch,
 ) -> Result<bool, NodeError> {
     let store = &shared.store;
@@ -501,12 +534,20 @@ fn write_file(
     if !replaces_dir && !disk_matches(&target, row.as_ref())? {
         return Ok(false); // a local change the next scan records; the merge decides
     }
-    let tmp_dir = root.join(TEMP_DIR).join("tmp");
-    std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-    let tmp = tmp_dir.join(format!("{}.part", &manifest.hash.to_hex()[..32]));
-    let result = assemble(shared, manifest, &tmp, cmds, writer, prefetch);
+    let tmp = part_path(&root, manifest);
+    if let Some(dir) = tmp.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let secret = *store.keys(folder).convergence_secret();
+    let result = assemble(shared, &secret, manifest, &tmp, cmds, prefetch);
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
+        // A transfer cut short keeps what it wrote: the next attempt (after a
+        // restart too) goes on from there. Anything else starts over.
+        let resumable = matches!(e, NodeError::ChunkUnavailable(_) | NodeError::Network(_))
+            && std::fs::metadata(&tmp).is_ok_and(|m| m.len() > 0);
+        if !resumable {
+            let _ = std::fs::remove_file(&tmp);
+        }
         return Err(e);
     }
     // Last check right before the rename: nothing changed here meanwhile.
@@ -545,88 +586,145 @@ fn write_file(
     Ok(true)
 }
 
-/// Writes a manifest's content to `tmp`: chunks from the cache or from peers, each
-/// verified, fetched ones saved to the cache; then mode, mtime and fsync.
+/// Where the file of `manifest` is assembled in `root`'s folder: named by its content,
+/// so an interrupted transfer finds its partial file again after a restart.
+pub fn part_path(root: &Path, manifest: &Manifest) -> PathBuf {
+    root.join(TEMP_DIR)
+        .join("tmp")
+        .join(format!("{}.part", &manifest.hash.to_hex()[..32]))
+}
+
+/// How much of a partial file can be kept: the number of leading chunks of `manifest`
+/// it holds intact (each checked against its key, which the folder's convergence
+/// secret derives from the plaintext), and their bytes. A missing file keeps nothing.
+/// Reads one chunk at a time.
+pub fn resumable(
+    secret: &[u8; 32],
+    manifest: &Manifest,
+    part: &Path,
+) -> Result<(usize, u64), NodeError> {
+    use std::io::Read;
+    let file = match std::fs::File::open(part) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(io_err(part)(e)),
+    };
+    let mut r = std::io::BufReader::with_capacity(256 << 10, file);
+    let mut buf = Vec::new();
+    let (mut n, mut bytes) = (0usize, 0u64);
+    for c in &manifest.chunks {
+        buf.resize(c.len as usize, 0);
+        match r.read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io_err(part)(e)),
+        }
+        if weft_crypto::ChunkKey::derive(secret, &buf) != c.key {
+            break;
+        }
+        n += 1;
+        bytes += u64::from(c.len);
+    }
+    Ok((n, bytes))
+}
+
+/// Writes a manifest's content to `tmp`: first what an earlier, interrupted attempt
+/// left there (checked), then chunks from the cache or from peers, each checked
+/// against its id and opened with its key; then mode, mtime and fsync.
 fn assemble(
     shared: &Shared,
+    secret: &[u8; 32],
     manifest: &Manifest,
-    tmp: &PathBuf,
+    tmp: &Path,
     cmds: &mpsc::Sender<Cmd>,
-    writer: &mut weft_store::cache::PackWriter,
     prefetch: &mut Prefetch,
 ) -> Result<(), NodeError> {
     let store = &shared.store;
-    let mut f = std::fs::File::create(tmp).map_err(io_err(tmp))?;
-    let mut queue: VecDeque<(usize, Source)> = VecDeque::new();
-    let mut next = 0usize;
-    let mut to_save: Vec<(ChunkId, Vec<u8>)> = Vec::new();
-    let mut saves = 0usize;
     let chunks = &manifest.chunks;
-    let request = |i: usize, prefetch: &mut Prefetch| -> Result<Source, NodeError> {
-        let id = chunks[i].id;
-        if let Some(rx) = prefetch.take(&id) {
+    let (kept, kept_bytes) = resumable(secret, manifest, tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(tmp)
+        .map_err(io_err(tmp))?;
+    f.set_len(kept_bytes).map_err(io_err(tmp))?;
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(kept_bytes))
+        .map_err(io_err(tmp))?;
+    if kept > 0 {
+        info!(
+            "resuming {}: {kept} of {} chunks already here",
+            tmp.display(),
+            chunks.len()
+        );
+    }
+    let mut queue: VecDeque<(usize, Source)> = VecDeque::new();
+    let mut next = kept;
+    // Where each chunk requested or written so far sits in the file (known once it is
+    // written): a chunk that recurs in the file (zeroed regions) is copied, not fetched.
+    let mut at: std::collections::HashMap<ChunkId, Option<u64>> = std::collections::HashMap::new();
+    let mut offset = 0u64;
+    for c in &chunks[..kept] {
+        at.entry(c.id).or_insert(Some(offset));
+        offset += u64::from(c.len);
+    }
+    let request = |i: usize,
+                   at: &mut std::collections::HashMap<ChunkId, Option<u64>>,
+                   prefetch: &mut Prefetch|
+     -> Result<Source, NodeError> {
+        let c = &chunks[i];
+        if at.contains_key(&c.id) {
+            return Ok(Source::Earlier);
+        }
+        at.insert(c.id, None);
+        if let Some(rx) = prefetch.take(&c.id) {
             return Ok(Source::Fetch(rx));
         }
-        if store.has_chunk(&id)? {
+        if store.has_chunk(&c.id)? {
             return Ok(Source::Cache);
         }
-        Ok(Source::Fetch(fetch(cmds, id)?))
+        Ok(Source::Fetch(fetch(cmds, c)?))
     };
     while next < chunks.len() && queue.len() < WINDOW {
-        queue.push_back((next, request(next, prefetch)?));
+        queue.push_back((next, request(next, &mut at, prefetch)?));
         next += 1;
     }
     while let Some((i, src)) = queue.pop_front() {
         let c = &chunks[i];
-        let (ct, fetched) = match src {
+        let pt = match src {
+            Source::Earlier => {
+                use std::os::unix::fs::FileExt;
+                let Some(Some(pos)) = at.get(&c.id).copied() else {
+                    return Err(NodeError::ChunkUnavailable(c.id.to_string()));
+                };
+                let mut buf = vec![0u8; c.len as usize];
+                f.read_exact_at(&mut buf, pos).map_err(io_err(tmp))?;
+                buf
+            }
             Source::Cache => match store.chunk(&c.id)? {
-                Some(ct) => (ct, false),
+                Some(ct) => SealedChunk::open(&c.id, &c.key, c.len, &ct)
+                    .map_err(weft_store::StoreError::from)?,
                 // Listed here but gone (the file changed since): ask the peers.
-                None => {
-                    let (tx, rx) = oneshot::channel();
-                    cmds.blocking_send(Cmd::FetchChunk {
-                        id: c.id,
-                        reply: tx,
-                    })
-                    .map_err(|_| NodeError::Network("node is shutting down".into()))?;
-                    match rx.blocking_recv() {
-                        Ok(Some(ct)) => (ct, true),
-                        _ => return Err(NodeError::ChunkUnavailable(c.id.to_string())),
-                    }
-                }
+                None => match fetch(cmds, c)?.blocking_recv() {
+                    Ok(Some(pt)) => pt,
+                    _ => return Err(NodeError::ChunkUnavailable(c.id.to_string())),
+                },
             },
             Source::Fetch(rx) => match rx.blocking_recv() {
-                Ok(Some(ct)) => (ct, true),
-                _ => {
-                    if !to_save.is_empty() {
-                        store.put_chunks(writer, &to_save)?;
-                    }
-                    return Err(NodeError::ChunkUnavailable(c.id.to_string()));
-                }
+                Ok(Some(pt)) => pt,
+                _ => return Err(NodeError::ChunkUnavailable(c.id.to_string())),
             },
         };
-        let pt =
-            SealedChunk::open(&c.id, &c.key, c.len, &ct).map_err(weft_store::StoreError::from)?;
         f.write_all(&pt).map_err(io_err(tmp))?;
-        if fetched {
-            to_save.push((c.id, ct));
-            if to_save.len() >= SAVE_EVERY {
-                store.put_chunks(writer, &to_save)?;
-                to_save.clear();
-                saves += 1;
-                if saves.is_multiple_of(PERSIST_EVERY) {
-                    store.persist()?; // a killed transfer loses at most this much
-                }
-            }
-        }
+        at.entry(c.id).or_insert(None).get_or_insert(offset);
+        offset += pt.len() as u64;
         if next < chunks.len() {
-            queue.push_back((next, request(next, prefetch)?));
+            queue.push_back((next, request(next, &mut at, prefetch)?));
             next += 1;
         }
         prefetch.pump(shared, cmds)?;
-    }
-    if !to_save.is_empty() {
-        store.put_chunks(writer, &to_save)?;
     }
     if Manifest::content_hash(chunks) != manifest.hash {
         return Err(NodeError::Store(weft_store::StoreError::Decode {
@@ -648,20 +746,26 @@ fn assemble(
     Ok(())
 }
 
+/// Asks the swarm task for one chunk, opened with its key on arrival: the answer is
+/// its plaintext.
 fn fetch(
     cmds: &mpsc::Sender<Cmd>,
-    id: ChunkId,
+    c: &ChunkRef,
 ) -> Result<oneshot::Receiver<Option<Vec<u8>>>, NodeError> {
     let (tx, rx) = oneshot::channel();
-    cmds.blocking_send(Cmd::FetchChunk { id, reply: tx })
-        .map_err(|_| NodeError::Network("node is shutting down".into()))?;
+    cmds.blocking_send(Cmd::FetchChunk {
+        id: c.id,
+        open: Some((c.key, c.len)),
+        reply: tx,
+    })
+    .map_err(|_| NodeError::Network("node is shutting down".into()))?;
     Ok(rx)
 }
 
 /// Chunk fetches started ahead, across the files of a round, so that many small files
 /// do not each wait a round trip. At most [`PREFETCH`] are in flight (bounded memory).
 pub(crate) struct Prefetch {
-    ahead: VecDeque<ChunkId>,
+    ahead: VecDeque<ChunkRef>,
     inflight: std::collections::HashMap<ChunkId, oneshot::Receiver<Option<Vec<u8>>>>,
     claimed: std::collections::HashSet<ChunkId>,
 }
@@ -670,14 +774,21 @@ pub(crate) struct Prefetch {
 pub const PREFETCH: usize = 32;
 
 impl Prefetch {
-    fn new(shared: &Shared, plan: &[Action]) -> Result<Prefetch, NodeError> {
+    /// Fetches for the chunks the plan's files need that neither the cache nor a
+    /// partial file of an earlier attempt holds (`kept`: leading chunks per manifest).
+    fn new(
+        shared: &Shared,
+        plan: &[Action],
+        kept: &std::collections::HashMap<Hash, usize>,
+    ) -> Result<Prefetch, NodeError> {
         let mut seen = std::collections::HashSet::new();
         let mut ahead = VecDeque::new();
         for a in plan {
             if let Action::WriteFile { manifest, .. } = a {
-                for c in &manifest.chunks {
+                let skip = kept.get(&manifest.hash).copied().unwrap_or(0);
+                for c in manifest.chunks.iter().skip(skip) {
                     if seen.insert(c.id) && !shared.store.has_chunk(&c.id)? {
-                        ahead.push_back(c.id);
+                        ahead.push_back(*c);
                     }
                 }
             }
@@ -698,11 +809,11 @@ impl Prefetch {
     /// Starts fetches until [`PREFETCH`] are in flight.
     fn pump(&mut self, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Result<(), NodeError> {
         while self.inflight.len() < PREFETCH {
-            let Some(id) = self.ahead.pop_front() else {
+            let Some(c) = self.ahead.pop_front() else {
                 break;
             };
-            if !self.claimed.contains(&id) && !shared.store.has_chunk(&id)? {
-                self.inflight.insert(id, fetch(cmds, id)?);
+            if !self.claimed.contains(&c.id) && !shared.store.has_chunk(&c.id)? {
+                self.inflight.insert(c.id, fetch(cmds, &c)?);
             }
         }
         Ok(())

@@ -29,14 +29,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
-use weft_crypto::{ChunkId, DeviceCertificate, DeviceId, FolderId, PublicKey};
+use weft_crypto::{
+    ChunkId, ChunkKey, DeviceCertificate, DeviceId, FolderId, PublicKey, SealedChunk,
+};
 use weft_store::Store;
 use weft_store::store::now_ms;
 
 /// How long an unknown peer may stay connected without proving itself.
 pub const VERIFY_GRACE: Duration = Duration::from_secs(10);
 /// How many chunk requests may be in flight to one peer.
-pub const CHUNK_REQUESTS_PER_PEER: usize = 8;
+pub const CHUNK_REQUESTS_PER_PEER: usize = 4;
 
 /// Settings of a node.
 #[derive(Clone, Debug)]
@@ -81,7 +83,11 @@ pub enum Cmd {
     FetchChunk {
         /// The chunk.
         id: ChunkId,
-        /// The ciphertext, or `None` if no peer has it.
+        /// Its key and plaintext length: with them the chunk is opened as it arrives
+        /// (off the swarm task) and the reply is the plaintext.
+        open: Option<(ChunkKey, u32)>,
+        /// The ciphertext (the plaintext if `open` was given), or `None` if no peer has
+        /// it.
         reply: oneshot::Sender<Option<Vec<u8>>>,
     },
     /// Tell every peer that `folder` has new entries here.
@@ -123,8 +129,28 @@ struct Peer {
 
 struct ChunkFetch {
     id: ChunkId,
+    open: Option<(ChunkKey, u32)>,
     tried: HashSet<PeerId>,
     reply: oneshot::Sender<Option<Vec<u8>>>,
+}
+
+/// Chunk work done on the blocking pool, handed back to the swarm task. Reading and
+/// sealing a chunk for a peer, and checking and opening one from a peer, cost a few
+/// passes over 64 KiB each: on the swarm task they would serialize every transfer on
+/// one core. The channel holds at most one item per request in flight (the request
+/// limits bound those).
+enum Done {
+    /// A chunk read for a peer: answer it.
+    Served {
+        channel: ResponseChannel<ChunkResponse>,
+        resp: ChunkResponse,
+    },
+    /// A fetched chunk failed its check: try another peer.
+    Rejected {
+        fetch: ChunkFetch,
+        peer: PeerId,
+        reason: String,
+    },
 }
 
 struct State {
@@ -133,11 +159,12 @@ struct State {
     peers: HashMap<PeerId, Peer>,
     invites: HashMap<[u8; 16], u64>,
     pulls: HashMap<OutboundRequestId, (PeerId, FolderId)>,
-    fetches: HashMap<OutboundRequestId, ChunkFetch>,
+    fetches: HashMap<OutboundRequestId, Vec<ChunkFetch>>,
     queued_fetches: VecDeque<ChunkFetch>,
     kicks: HashMap<FolderId, FolderKick>,
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     cmd_tx: mpsc::Sender<Cmd>,
+    done_tx: mpsc::UnboundedSender<Done>,
 }
 
 fn store(s: &State) -> &Store {
@@ -224,7 +251,7 @@ fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, No
                     rr(32),
                 ),
                 chunk: request_response::Behaviour::with_codec(
-                    Codec::new(1024, MAX_CHUNK_MESSAGE),
+                    Codec::new(MAX_CHUNK_REQUEST, MAX_CHUNK_MESSAGE),
                     [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
                     rr(64),
                 ),
@@ -252,6 +279,7 @@ pub async fn run(
             .listen_on(a.clone())
             .map_err(|e| NodeError::Network(format!("cannot listen on {a}: {e}")))?;
     }
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut st = State {
         shared: shared.clone(),
         swarm,
@@ -263,14 +291,12 @@ pub async fn run(
         kicks: HashMap::new(),
         known_addrs: HashMap::new(),
         cmd_tx: cmd_tx.clone(),
+        done_tx,
     };
     // One worker per folder, and the watcher that kicks them.
     let mut watched = Vec::new();
     let mut workers = Vec::new();
     for f in shared.store.folders()? {
-        // Temporary files of a transfer interrupted before this start are stale: the
-        // chunks it had fetched are in the cache, so nothing is lost by removing them.
-        let _ = std::fs::remove_dir_all(f.root_path().join(weft_store::scan::TEMP_DIR).join("tmp"));
         let kick = FolderKick::new();
         st.kicks.insert(f.id, kick.clone());
         watched.push((f.root_path(), kick.clone()));
@@ -303,10 +329,21 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             ev = st.swarm.select_next_some() => on_swarm_event(&mut st, ev),
-            Some(cmd) = cmds.recv() => on_cmd(&mut st, cmd),
+            Some(cmd) = cmds.recv() => {
+                on_cmd(&mut st, cmd);
+                // Fetches come in bursts (a file's window, the prefetch): take what else
+                // is waiting, so that one request carries many chunks.
+                for _ in 0..4 * MAX_BATCH_CHUNKS {
+                    let Ok(cmd) = cmds.try_recv() else { break };
+                    on_cmd(&mut st, cmd);
+                }
+                drain_queue(&mut st);
+            }
+            Some(done) = done_rx.recv() => on_done(&mut st, done),
             _ = tick.tick() => {
                 drop_unverified(&mut st);
                 redial(&mut st);
+                drain_queue(&mut st);
                 expire_invites(&mut st);
             }
             _ = pull_tick.tick() => {
@@ -552,6 +589,7 @@ fn on_sync(st: &mut State, ev: request_response::Event<SyncRequest, SyncResponse
                 let Ok(rec) = store(st).folder(&folder) else {
                     return;
                 };
+                let entries: Vec<Vec<u8>> = entries.into_iter().map(|b| b.into_vec()).collect();
                 match store(st).accept_entries(&rec, &entries) {
                     Ok(acc) => {
                         for r in &acc.rejected {
@@ -659,10 +697,13 @@ fn handle_sync_request(st: &mut State, peer: PeerId, req: SyncRequest) -> SyncRe
                     let certs = authors
                         .iter()
                         .filter_map(|a| store(st).device_cert(a).ok().flatten())
-                        .map(|c| c.to_bytes())
+                        .map(|c| serde_bytes::ByteBuf::from(c.to_bytes()))
                         .collect();
                     SyncResponse::Entries {
-                        entries,
+                        entries: entries
+                            .into_iter()
+                            .map(serde_bytes::ByteBuf::from)
+                            .collect(),
                         more,
                         certs,
                     }
@@ -709,7 +750,7 @@ fn on_chunk(st: &mut State, ev: request_response::Event<ChunkRequest, ChunkRespo
                 request, channel, ..
             },
             ..
-        } => serve_chunk(st, peer, request, channel),
+        } => serve_chunks(st, peer, request, channel),
         Event::Message {
             peer,
             message:
@@ -722,23 +763,37 @@ fn on_chunk(st: &mut State, ev: request_response::Event<ChunkRequest, ChunkRespo
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.chunk_in_flight = p.chunk_in_flight.saturating_sub(1);
             }
-            let Some(mut f) = st.fetches.remove(&request_id) else {
+            let Some(batch) = st.fetches.remove(&request_id) else {
                 return;
             };
-            match response {
-                ChunkResponse::Data(ct) if f.id.check(&ct).is_ok() => {
-                    st.shared.add_received(ct.len() as u64);
-                    let _ = f.reply.send(Some(ct));
+            let answers = match response {
+                ChunkResponse::Chunks(a) => a,
+                ChunkResponse::Refused => Vec::new(),
+            };
+            if answers.len() > batch.len() {
+                warn!(peer = %peer, "a chunk answer held more chunks than asked for");
+            }
+            let mut answers = answers.into_iter();
+            let mut arrived = Vec::new();
+            for mut f in batch {
+                match answers.next() {
+                    Some(ChunkAnswer::Data(ct)) => {
+                        st.shared.add_received(ct.len() as u64);
+                        arrived.push((f, ct));
+                    }
+                    Some(ChunkAnswer::Missing) => {
+                        f.tried.insert(peer);
+                        st.queued_fetches.push_back(f);
+                    }
+                    // Not answered (the answer was full, or refused): ask again.
+                    None => {
+                        f.tried.insert(peer);
+                        st.queued_fetches.push_back(f);
+                    }
                 }
-                ChunkResponse::Data(_) => {
-                    warn!(peer = %peer, chunk = %f.id, "rejected chunk: bytes do not match its id");
-                    f.tried.insert(peer);
-                    dispatch_fetch(st, f);
-                }
-                _ => {
-                    f.tried.insert(peer);
-                    dispatch_fetch(st, f);
-                }
+            }
+            if !arrived.is_empty() {
+                open_arrived(st, peer, arrived);
             }
             drain_queue(st);
         }
@@ -752,9 +807,9 @@ fn on_chunk(st: &mut State, ev: request_response::Event<ChunkRequest, ChunkRespo
                 p.chunk_in_flight = p.chunk_in_flight.saturating_sub(1);
             }
             debug!(peer = %peer, "chunk request failed: {error}");
-            if let Some(mut f) = st.fetches.remove(&request_id) {
+            for mut f in st.fetches.remove(&request_id).unwrap_or_default() {
                 f.tried.insert(peer);
-                dispatch_fetch(st, f);
+                st.queued_fetches.push_back(f);
             }
             drain_queue(st);
         }
@@ -765,77 +820,174 @@ fn on_chunk(st: &mut State, ev: request_response::Event<ChunkRequest, ChunkRespo
     }
 }
 
-fn serve_chunk(
+/// Checks (and opens, when the key came with the fetch) chunks that arrived from
+/// `peer`, on the blocking pool; a chunk that fails goes back to the swarm task to be
+/// asked of another peer.
+fn open_arrived(st: &State, peer: PeerId, arrived: Vec<(ChunkFetch, Vec<u8>)>) {
+    let done = st.done_tx.clone();
+    tokio::task::spawn_blocking(move || {
+        for (f, ct) in arrived {
+            let checked = match f.open {
+                Some((key, len)) => SealedChunk::open(&f.id, &key, len, &ct),
+                None => f.id.check(&ct).map(|()| ct),
+            };
+            match checked {
+                Ok(bytes) => {
+                    let _ = f.reply.send(Some(bytes));
+                }
+                Err(e) => {
+                    let _ = done.send(Done::Rejected {
+                        fetch: f,
+                        peer,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    });
+}
+
+fn serve_chunks(
     st: &mut State,
     peer: PeerId,
     req: ChunkRequest,
     channel: ResponseChannel<ChunkResponse>,
 ) {
-    let resp = if !verified(st, &peer) {
-        warn!(peer = %peer, "refused chunk request from an unpaired peer");
-        ChunkResponse::Refused
-    } else {
-        let id = match req {
-            ChunkRequest::Get { id } => id,
-            ChunkRequest::Malformed(reason) => {
-                warn!(peer = %peer, "refused a chunk request: {reason}");
-                let _ = st
-                    .swarm
-                    .behaviour_mut()
-                    .chunk
-                    .send_response(channel, ChunkResponse::Refused);
-                return;
-            }
-        };
-        match store(st).chunk(&id) {
-            Ok(Some(ct)) => {
-                st.shared.add_sent(ct.len() as u64);
-                ChunkResponse::Data(ct)
-            }
-            _ => ChunkResponse::Missing,
+    let ids = match req {
+        _ if !verified(st, &peer) => {
+            warn!(peer = %peer, "refused chunk request from an unpaired peer");
+            None
+        }
+        ChunkRequest::Get { ids } if ids.len() > MAX_BATCH_CHUNKS => {
+            warn!(peer = %peer, "refused a chunk request for {} chunks (at most {MAX_BATCH_CHUNKS})", ids.len());
+            None
+        }
+        ChunkRequest::Get { ids } => Some(ids),
+        ChunkRequest::Malformed(reason) => {
+            warn!(peer = %peer, "refused a chunk request: {reason}");
+            None
         }
     };
-    let _ = st.swarm.behaviour_mut().chunk.send_response(channel, resp);
-}
-
-/// Sends a fetch to the least busy verified peer it has not tried; queues it if all
-/// are busy; answers `None` when every peer was tried.
-fn dispatch_fetch(st: &mut State, f: ChunkFetch) {
-    let candidates: Vec<(PeerId, usize)> = st
-        .peers
-        .iter()
-        .filter(|(id, p)| p.verified && !f.tried.contains(id))
-        .map(|(id, p)| (*id, p.chunk_in_flight))
-        .collect();
-    if candidates.is_empty() {
-        let _ = f.reply.send(None);
-        return;
-    }
-    let Some((peer, busy)) = candidates.into_iter().min_by_key(|(_, n)| *n) else {
+    let Some(ids) = ids else {
+        let _ = st
+            .swarm
+            .behaviour_mut()
+            .chunk
+            .send_response(channel, ChunkResponse::Refused);
         return;
     };
-    if busy >= CHUNK_REQUESTS_PER_PEER {
-        st.queued_fetches.push_back(f);
-        return;
-    }
-    if let Some(p) = st.peers.get_mut(&peer) {
-        p.chunk_in_flight += 1;
-    }
-    let id = st
-        .swarm
-        .behaviour_mut()
-        .chunk
-        .send_request(&peer, ChunkRequest::Get { id: f.id });
-    st.fetches.insert(id, f);
+    // Reading (and, for chunks served from files, sealing) happens on the blocking
+    // pool; the answer comes back through `Done::Served`.
+    let shared = st.shared.clone();
+    let done = st.done_tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut answers = Vec::with_capacity(ids.len());
+        let mut bytes = 0usize;
+        for id in ids {
+            if bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            match shared.store.chunk(&id) {
+                Ok(Some(ct)) => {
+                    bytes += ct.len();
+                    shared.add_sent(ct.len() as u64);
+                    answers.push(ChunkAnswer::Data(ct));
+                }
+                _ => answers.push(ChunkAnswer::Missing),
+            }
+        }
+        let _ = done.send(Done::Served {
+            channel,
+            resp: ChunkResponse::Chunks(answers),
+        });
+    });
 }
 
+fn on_done(st: &mut State, done: Done) {
+    match done {
+        Done::Served { channel, resp } => {
+            let _ = st.swarm.behaviour_mut().chunk.send_response(channel, resp);
+        }
+        Done::Rejected {
+            mut fetch,
+            peer,
+            reason,
+        } => {
+            warn!(peer = %peer, chunk = %fetch.id, "rejected chunk: {reason}");
+            fetch.tried.insert(peer);
+            st.queued_fetches.push_back(fetch);
+            drain_queue(st);
+        }
+    }
+}
+
+/// Sends queued fetches in batches, each to the least busy verified peer that has not
+/// been tried for it; answers `None` to a fetch every verified peer was tried for.
+/// A batch holds at most [`MAX_BATCH_CHUNKS`] chunks of about [`MAX_BATCH_BYTES`]; a
+/// peer has at most [`CHUNK_REQUESTS_PER_PEER`] batches in flight.
 fn drain_queue(st: &mut State) {
-    let n = st.queued_fetches.len();
-    for _ in 0..n {
-        let Some(f) = st.queued_fetches.pop_front() else {
+    // Fetches no verified peer is left to try for.
+    let verified: Vec<PeerId> = st
+        .peers
+        .iter()
+        .filter(|(_, p)| p.verified)
+        .map(|(id, _)| *id)
+        .collect();
+    let (hopeless, waiting): (VecDeque<ChunkFetch>, VecDeque<ChunkFetch>) = st
+        .queued_fetches
+        .drain(..)
+        .partition(|f| verified.iter().all(|p| f.tried.contains(p)));
+    st.queued_fetches = waiting;
+    for f in hopeless {
+        let _ = f.reply.send(None);
+    }
+    loop {
+        if st.queued_fetches.is_empty() {
+            return;
+        }
+        let mut peers: Vec<(PeerId, usize)> = st
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verified && p.chunk_in_flight < CHUNK_REQUESTS_PER_PEER)
+            .map(|(id, p)| (*id, p.chunk_in_flight))
+            .collect();
+        peers.sort_by_key(|(_, n)| *n);
+        let mut sent = false;
+        for (peer, _) in peers {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            let mut rest = VecDeque::with_capacity(st.queued_fetches.len());
+            while let Some(f) = st.queued_fetches.pop_front() {
+                if batch.len() < MAX_BATCH_CHUNKS
+                    && bytes < MAX_BATCH_BYTES
+                    && !f.tried.contains(&peer)
+                {
+                    bytes += f.open.map_or(256 << 10, |(_, len)| len as usize) + 16;
+                    batch.push(f);
+                } else {
+                    rest.push_back(f);
+                }
+            }
+            st.queued_fetches = rest;
+            if batch.is_empty() {
+                continue;
+            }
+            if let Some(p) = st.peers.get_mut(&peer) {
+                p.chunk_in_flight += 1;
+            }
+            let ids = batch.iter().map(|f| f.id).collect();
+            let id = st
+                .swarm
+                .behaviour_mut()
+                .chunk
+                .send_request(&peer, ChunkRequest::Get { ids });
+            st.fetches.insert(id, batch);
+            sent = true;
             break;
-        };
-        dispatch_fetch(st, f);
+        }
+        if !sent {
+            return;
+        }
     }
 }
 
@@ -914,15 +1066,13 @@ fn handle_pair(st: &mut State, peer: PeerId, req: PairRequest) -> PairResponse {
 
 fn on_cmd(st: &mut State, cmd: Cmd) {
     match cmd {
-        Cmd::FetchChunk { id, reply } => {
-            dispatch_fetch(
-                st,
-                ChunkFetch {
-                    id,
-                    tried: HashSet::new(),
-                    reply,
-                },
-            );
+        Cmd::FetchChunk { id, open, reply } => {
+            st.queued_fetches.push_back(ChunkFetch {
+                id,
+                open,
+                tried: HashSet::new(),
+                reply,
+            });
         }
         Cmd::Notify { folder, except } => notify_peers(st, folder, except),
         Cmd::Control { req, reply } => match req {
@@ -1054,8 +1204,12 @@ fn history_request(
             };
             let fetch = |id: &ChunkId| -> Option<Vec<u8>> {
                 let (tx, rx) = oneshot::channel();
-                cmds.blocking_send(Cmd::FetchChunk { id: *id, reply: tx })
-                    .ok()?;
+                cmds.blocking_send(Cmd::FetchChunk {
+                    id: *id,
+                    open: None,
+                    reply: tx,
+                })
+                .ok()?;
                 rx.blocking_recv().ok().flatten()
             };
             let to = to.map(std::path::PathBuf::from);

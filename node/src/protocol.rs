@@ -4,8 +4,10 @@
 //! decides an allocation beyond the protocol's limit); every decoder returns an error,
 //! never panics; protocol ids carry versions and message enums are only appended to.
 //!
-//! Non-goals: streaming. One chunk (≤ 256 KiB) is one request, so request-response
-//! with explicit limits carries transfers with bounded memory.
+//! Non-goals: streaming. A chunk request names a few chunks (at most
+//! [`MAX_BATCH_CHUNKS`], about [`MAX_BATCH_BYTES`] of them), so request-response with
+//! explicit limits carries transfers with bounded memory, and the cost of a request
+//! (a stream, its negotiation, a timer) is paid once per batch, not once per 64 KiB.
 use libp2p::StreamProtocol;
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -23,8 +25,15 @@ pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/weft/pair/1");
 
 /// Largest sync message (a batch of entries is at most 4 MiB, one entry at most 8 MiB).
 pub const MAX_SYNC_MESSAGE: usize = 12 << 20;
-/// Largest chunk message: one sealed chunk plus framing.
-pub const MAX_CHUNK_MESSAGE: usize = (256 << 10) + 1024;
+/// Most chunks one chunk request may name.
+pub const MAX_BATCH_CHUNKS: usize = 32;
+/// A chunk answer stops adding chunks once it holds this many bytes.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Largest chunk request: [`MAX_BATCH_CHUNKS`] ids plus framing.
+pub const MAX_CHUNK_REQUEST: usize = 2048;
+/// Largest chunk answer: just under [`MAX_BATCH_BYTES`], one more sealed chunk of at
+/// most 256 KiB, and framing.
+pub const MAX_CHUNK_MESSAGE: usize = MAX_BATCH_BYTES + (256 << 10) + 4096;
 /// Largest pairing message.
 pub const MAX_PAIR_MESSAGE: usize = 1 << 20;
 
@@ -34,6 +43,7 @@ pub enum SyncRequest {
     /// Introduces the sender: its device certificate (from its person).
     Hello {
         /// The encoded [`weft_crypto::DeviceCertificate`].
+        #[serde(with = "serde_bytes")]
         cert: Vec<u8>,
     },
     /// Asks for the entries of `folder` the sender lacks, given its chain tips.
@@ -61,18 +71,19 @@ pub enum SyncResponse {
     /// The answer to Hello.
     Hello {
         /// The responder's device certificate.
+        #[serde(with = "serde_bytes")]
         cert: Vec<u8>,
     },
     /// Entries the requester lacks.
     Entries {
         /// Encoded entries, oldest first per author.
-        entries: Vec<Vec<u8>>,
+        entries: Vec<serde_bytes::ByteBuf>,
         /// Whether more remain (pull again).
         more: bool,
         /// The certificates of these entries' authors: a device that was paired
         /// through another one is known to all by its certificate, which the person
         /// key signed, however it travels.
-        certs: Vec<Vec<u8>>,
+        certs: Vec<serde_bytes::ByteBuf>,
     },
     /// Acknowledges a Notify.
     Ack,
@@ -86,10 +97,10 @@ pub enum SyncResponse {
 /// Requests of `/weft/chunk/1`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ChunkRequest {
-    /// One chunk's ciphertext.
+    /// Chunks' ciphertexts.
     Get {
-        /// The chunk.
-        id: ChunkId,
+        /// The chunks, at most [`MAX_BATCH_CHUNKS`].
+        ids: Vec<ChunkId>,
     },
     /// Never on the wire: an unreadable request (see [`SyncRequest::Malformed`]).
     #[serde(skip)]
@@ -99,12 +110,20 @@ pub enum ChunkRequest {
 /// Responses of `/weft/chunk/1`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ChunkResponse {
+    /// Answers to the first of the requested ids, in order: all of them, or fewer
+    /// when the answer reached [`MAX_BATCH_BYTES`] (ask again for the rest).
+    Chunks(Vec<ChunkAnswer>),
+    /// Refused (unknown peer, or a malformed request).
+    Refused,
+}
+
+/// One chunk of a [`ChunkResponse::Chunks`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ChunkAnswer {
     /// The ciphertext (the requester checks it against the id).
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Not here.
     Missing,
-    /// Refused (unknown peer).
-    Refused,
 }
 
 /// Requests of `/weft/pair/1`.

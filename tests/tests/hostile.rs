@@ -31,8 +31,9 @@ use weft_crypto::{
     ChunkId, DeviceCertificate, DeviceId, FolderId, FolderKeys, Hash, SealedChunk, SecretKey,
 };
 use weft_node::protocol::{
-    CHUNK_PROTOCOL, ChunkRequest, ChunkResponse, MAX_CHUNK_MESSAGE, MAX_SYNC_MESSAGE,
-    SYNC_PROTOCOL, SyncRequest, SyncResponse, read_frame, write_frame,
+    CHUNK_PROTOCOL, ChunkAnswer, ChunkRequest, ChunkResponse, MAX_BATCH_CHUNKS, MAX_CHUNK_MESSAGE,
+    MAX_CHUNK_REQUEST, MAX_SYNC_MESSAGE, SYNC_PROTOCOL, SyncRequest, SyncResponse, read_frame,
+    write_frame,
 };
 use weft_store::db::FolderRecord;
 use weft_store::log::DeltaEdit;
@@ -241,7 +242,7 @@ struct Script {
     /// The victim's chain tips in each Pull it sent.
     pub pull_haves: Vec<Vec<(DeviceId, u64)>>,
     /// Answers to chunk requests by id; `Missing` for others.
-    pub chunks: HashMap<ChunkId, Wire<ChunkResponse>>,
+    pub chunks: HashMap<ChunkId, ChunkAnswer>,
     /// Chunks the victim asked for.
     pub chunk_gets: Vec<ChunkId>,
     /// Every request the victim sent, by kind (`hello`, `pull`, `notify`, `chunk`).
@@ -289,14 +290,20 @@ impl Script {
 
     fn answer_chunk(&mut self, req: ChunkRequest) -> Wire<ChunkResponse> {
         self.inbound.push("chunk");
-        let ChunkRequest::Get { id } = req else {
+        let ChunkRequest::Get { ids } = req else {
             return Wire::Msg(ChunkResponse::Refused);
         };
-        self.chunk_gets.push(id);
-        self.chunks
-            .get(&id)
-            .cloned()
-            .unwrap_or(Wire::Msg(ChunkResponse::Missing))
+        let answers = ids
+            .into_iter()
+            .map(|id| {
+                self.chunk_gets.push(id);
+                self.chunks
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or(ChunkAnswer::Missing)
+            })
+            .collect();
+        Wire::Msg(ChunkResponse::Chunks(answers))
     }
 }
 
@@ -435,7 +442,10 @@ impl Attacker {
         self.serve(
             folder,
             Wire::Msg(SyncResponse::Entries {
-                entries,
+                entries: entries
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
                 more: false,
                 certs: Vec::new(),
             }),
@@ -975,7 +985,9 @@ async fn a_stranger_gets_no_entries_no_chunks_and_is_disconnected_after_the_grac
         "notify",
         s.sync(Wire::Msg(SyncRequest::Notify { folder })).await,
     );
-    let r = s.chunk(Wire::Msg(ChunkRequest::Get { id: chunk })).await;
+    let r = s
+        .chunk(Wire::Msg(ChunkRequest::Get { ids: vec![chunk] }))
+        .await;
     assert!(
         matches!(r, Ok(ChunkResponse::Refused)),
         "chunk: expected Refused, got {r:?}"
@@ -1098,10 +1110,19 @@ fn bad_requests(folder: FolderId, author: DeviceId) -> (Named<SyncRequest>, Name
     ];
     let chunk = vec![
         (
-            "chunk request over its 1 KiB limit",
-            Wire::Raw(frame(4096, &[0u8; 4096])),
+            "chunk request over its size limit",
+            Wire::Raw(frame(
+                MAX_CHUNK_REQUEST as u32 + 1,
+                &[0u8; MAX_CHUNK_REQUEST + 1],
+            )),
         ),
         ("garbage chunk request", Wire::Raw(frame(40, &g[..40]))),
+        (
+            "chunk request for more chunks than a batch holds",
+            Wire::Msg(ChunkRequest::Get {
+                ids: vec![ChunkId(Hash::ZERO); MAX_BATCH_CHUNKS + 1],
+            }),
+        ),
     ];
     (sync, chunk)
 }
@@ -1455,7 +1476,7 @@ async fn paths_escaping_the_folder_write_nothing_outside() {
     s.attacker.with(|sc| {
         for c in &chunks {
             sc.chunks
-                .insert(c.id, Wire::Msg(ChunkResponse::Data(c.ciphertext.clone())));
+                .insert(c.id, ChunkAnswer::Data(c.ciphertext.clone()));
         }
     });
     let e1 = f.entry(f.header(1, Hash::ZERO), &[f.put("mallory.txt", 1, &m)]);
@@ -1522,7 +1543,7 @@ async fn paths_escaping_the_folder_write_nothing_outside() {
     s.attacker.with(|sc| {
         for c in &echunks {
             sc.chunks
-                .insert(c.id, Wire::Msg(ChunkResponse::Data(c.ciphertext.clone())));
+                .insert(c.id, ChunkAnswer::Data(c.ciphertext.clone()));
         }
     });
     let e2 = f.entry(
@@ -1616,22 +1637,18 @@ async fn chunks_that_do_not_match_their_manifest_write_nothing_and_are_not_cache
     s.attacker.with(|sc| {
         sc.chunks.insert(
             chunks[0].id,
-            Wire::Msg(ChunkResponse::Data(chunks[0].ciphertext.clone())),
+            ChunkAnswer::Data(chunks[0].ciphertext.clone()),
         );
         sc.chunks
-            .insert(chunks[1].id, Wire::Msg(ChunkResponse::Data(wrong.clone())));
+            .insert(chunks[1].id, ChunkAnswer::Data(wrong.clone()));
         sc.chunks.insert(
             chunks[2].id,
-            Wire::Msg(ChunkResponse::Data(chunks[2].ciphertext.clone())),
+            ChunkAnswer::Data(chunks[2].ciphertext.clone()),
         );
-        sc.chunks.insert(
-            other.id,
-            Wire::Msg(ChunkResponse::Data(other.ciphertext.clone())),
-        );
-        sc.chunks.insert(
-            short.id,
-            Wire::Msg(ChunkResponse::Data(short.ciphertext.clone())),
-        );
+        sc.chunks
+            .insert(other.id, ChunkAnswer::Data(other.ciphertext.clone()));
+        sc.chunks
+            .insert(short.id, ChunkAnswer::Data(short.ciphertext.clone()));
     });
     let e1 = f.entry(
         f.header(1, Hash::ZERO),
@@ -1643,12 +1660,12 @@ async fn chunks_that_do_not_match_their_manifest_write_nothing_and_are_not_cache
     );
     let id = s.attacker.id();
     s.attacker.serve_entries(folder, vec![e1.encode()]).await;
-    wait_log(&[&id, "rejected chunk: bytes do not match its id"], 0, WAIT).await;
+    wait_log(&[&id, "rejected chunk: chunk bytes do not match"], 0, WAIT).await;
     wait_log(&["does not decrypt (chunk)"], 0, WAIT).await;
     wait_log(&["chunk plaintext: expected"], 0, WAIT).await;
     // Another round retries (and fails) the same way: still nothing on disk.
-    let n = log_lines(&[&id, "rejected chunk: bytes do not match its id"]).len();
-    wait_log(&[&id, "rejected chunk: bytes do not match its id"], n, WAIT).await;
+    let n = log_lines(&[&id, "rejected chunk: chunk bytes do not match"]).len();
+    wait_log(&[&id, "rejected chunk: chunk bytes do not match"], n, WAIT).await;
     for p in ["bad-chunk.bin", "bad-key.txt", "bad-len.txt"] {
         assert!(!s.a.path(p).exists(), "{p} was written");
     }
@@ -1660,7 +1677,7 @@ async fn chunks_that_do_not_match_their_manifest_write_nothing_and_are_not_cache
     s.attacker.with(|sc| {
         sc.chunks.insert(
             chunks[1].id,
-            Wire::Msg(ChunkResponse::Data(chunks[1].ciphertext.clone())),
+            ChunkAnswer::Data(chunks[1].ciphertext.clone()),
         );
     });
     let p = s.a.path("bad-chunk.bin");
@@ -1736,7 +1753,7 @@ async fn a_conflict_copy_with_a_long_name_does_not_cost_the_local_version() {
     s.attacker.with(|sc| {
         for c in &chunks {
             sc.chunks
-                .insert(c.id, Wire::Msg(ChunkResponse::Data(c.ciphertext.clone())));
+                .insert(c.id, ChunkAnswer::Data(c.ciphertext.clone()));
         }
     });
     let e1 = f.entry(f.header(1, Hash::ZERO), &[f.put(&long, 1, &m)]);

@@ -290,3 +290,39 @@ async fn ignored_files_stay_on_their_device() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A file whose content repeats (a zeroed region: the same chunk many times over) costs
+/// its distinct chunks on the wire, once each, and arrives byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_recurs_in_a_file_is_transferred_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Device::new(tmp.path(), "a");
+    let mut b = Device::new(tmp.path(), "b");
+    a.create_folder();
+    // 8 MiB of zeros (32 identical chunks of 256 KiB), then 100 KiB of other bytes.
+    let mut data = vec![0u8; 8 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..(100 << 10) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.push(x as u8);
+    }
+    a.write("disk.img", &data);
+    a.start(&[]);
+    b.join(&a.invite()).await;
+    b.start(&[a.port]);
+    let s = converge(&[&a, &b], WAIT).await;
+    assert_eq!(s["disk.img"], Some((data, false)));
+    let weft_node::control::ControlResponse::Status { bytes_received, .. } =
+        weft_node::control::request(&b.home, &weft_node::control::ControlRequest::Status).unwrap()
+    else {
+        panic!("b did not answer its status");
+    };
+    assert!(
+        bytes_received < 1 << 20,
+        "b received {bytes_received} bytes for 8 MiB of one repeated chunk and 100 KiB of others"
+    );
+    a.stop().await;
+    b.stop().await;
+}
