@@ -107,6 +107,60 @@ enum Cmd {
     Status,
     /// List conflict copies.
     Conflicts,
+    /// Relays: back this device's folders up to one and sync through it (add, list,
+    /// remove), or run one (serve).
+    #[command(subcommand)]
+    Relay(RelayCmd),
+}
+
+#[derive(Subcommand)]
+enum RelayCmd {
+    /// Run a relay in the foreground until Ctrl-C/SIGTERM: durable ciphertext storage
+    /// for the persons who add it, circuit relaying and rendezvous for NAT traversal.
+    Serve {
+        /// Where the relay keeps its key, database and blobs.
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to listen on (repeatable). Default: TCP and QUIC on all interfaces, random ports.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// Bytes each person may store (suffixes K, M, G, T: powers of 1024).
+        #[arg(long, value_parser = parse_bytes)]
+        quota_per_person: Option<u64>,
+    },
+    /// Back up to a relay and sync through it (ADDR as `weft relay serve` prints it,
+    /// ending in /p2p/<id>).
+    Add {
+        /// The relay's multiaddr.
+        addr: String,
+    },
+    /// List this device's relays (and their state, when the node runs).
+    List,
+    /// Stop using a relay.
+    Remove {
+        /// The relay's multiaddr, as added.
+        addr: String,
+    },
+}
+
+/// Parses a byte count with an optional K/M/G/T suffix (powers of 1024).
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a byte count (like 500M or 10G)"))
 }
 
 #[derive(Subcommand)]
@@ -573,6 +627,7 @@ fn run(cli: Cli) -> Result<i32> {
                 folders,
                 bytes_received,
                 bytes_sent,
+                relays,
             } = control(&home, ControlRequest::Status)?
             else {
                 bail!("unexpected answer from the node");
@@ -581,6 +636,7 @@ fn run(cli: Cli) -> Result<i32> {
                 print_json(&serde_json::json!({
                     "device": device, "listen": listen, "peers": peers, "folders": folders,
                     "bytes_received": bytes_received, "bytes_sent": bytes_sent,
+                    "relays": relays,
                 }))?;
             } else {
                 println!("device {device}");
@@ -602,6 +658,9 @@ fn run(cli: Cli) -> Result<i32> {
                             .unwrap_or_default()
                     );
                 }
+                for r in &relays {
+                    println!("{}", relay_line(r));
+                }
                 for f in &folders {
                     let mut line = format!("folder {}: {}", f.name, f.state);
                     if f.files_to_go > 0 {
@@ -622,6 +681,7 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
+        Cmd::Relay(cmd) => return relay(&home, cmd, json),
         Cmd::Conflicts => {
             let copies: Vec<(String, String, String)> = if node_running(&home) {
                 let ControlResponse::Conflicts { copies } =
@@ -663,6 +723,155 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn relay_line(r: &weft_node::upload::RelayStatus) -> String {
+    let mut line = format!(
+        "relay {} ({}): {}",
+        r.address,
+        if r.connected {
+            "connected"
+        } else {
+            "not connected"
+        },
+        r.state
+    );
+    if let Some(e) = &r.last_error {
+        line += &format!(" — {e}");
+    }
+    line
+}
+
+fn relay(home: &Home, cmd: RelayCmd, json: bool) -> Result<i32> {
+    match cmd {
+        RelayCmd::Serve {
+            data,
+            listen,
+            http,
+            quota_per_person,
+        } => {
+            let mut cfg = weft_relay::server::ServeConfig::new(data);
+            cfg.listen = listen
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()
+                .context("bad --listen address")?;
+            cfg.http = http;
+            cfg.quota_per_person = quota_per_person;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(weft_relay::server::serve(
+                cfg,
+                move |addrs| {
+                    if json {
+                        let v: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                        let _ = print_json(&serde_json::json!({ "listen": v }));
+                    } else {
+                        println!("weft relay serving; devices add it with `weft relay add ADDR`:");
+                        for a in &addrs {
+                            println!("{a}");
+                        }
+                    }
+                },
+                shutdown_signal(),
+            ))?;
+            if !json {
+                println!("relay stopped.");
+            }
+        }
+        RelayCmd::Add { addr } => {
+            let message = if node_running(home) {
+                let ControlResponse::Relay { message } =
+                    control(home, ControlRequest::RelayAdd { addr })?
+                else {
+                    bail!("unexpected answer from the node");
+                };
+                message
+            } else {
+                let ma: libp2p::Multiaddr = addr.parse().context("not a multiaddr")?;
+                if !matches!(ma.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                    bail!(
+                        "the address must end in /p2p/<relay id> (as `weft relay serve` prints it)"
+                    );
+                }
+                let store = open(home)?;
+                if store.add_relay(&addr)? {
+                    format!("added relay {addr}; the node backs up to it when it runs (`weft up`)")
+                } else {
+                    format!("relay {addr} was already added")
+                }
+            };
+            if json {
+                print_json(&serde_json::json!({ "message": message }))?;
+            } else {
+                println!("{message}");
+            }
+        }
+        RelayCmd::Remove { addr } => {
+            let message = if node_running(home) {
+                let ControlResponse::Relay { message } =
+                    control(home, ControlRequest::RelayRemove { addr })?
+                else {
+                    bail!("unexpected answer from the node");
+                };
+                message
+            } else {
+                let store = open(home)?;
+                if !store.remove_relay(&addr)? {
+                    bail!("{addr} is not one of this device's relays (see `weft relay list`)");
+                }
+                format!("removed relay {addr}")
+            };
+            if json {
+                print_json(&serde_json::json!({ "message": message }))?;
+            } else {
+                println!("{message}");
+            }
+        }
+        RelayCmd::List => {
+            let relays: Vec<weft_node::upload::RelayStatus> = if node_running(home) {
+                let ControlResponse::Status { relays, .. } = control(home, ControlRequest::Status)?
+                else {
+                    bail!("unexpected answer from the node");
+                };
+                relays
+            } else {
+                open(home)?
+                    .relays()?
+                    .into_iter()
+                    .map(|address| weft_node::upload::RelayStatus {
+                        address,
+                        state: "node not running".into(),
+                        ..Default::default()
+                    })
+                    .collect()
+            };
+            if json {
+                print_json(&relays)?;
+            } else if relays.is_empty() {
+                println!("No relays: add one with `weft relay add ADDR`.");
+            } else {
+                for r in &relays {
+                    println!("{}", relay_line(r));
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn up(
@@ -722,20 +931,7 @@ fn up(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        weft_node::start(home, cfg, shutdown).await
-    })?;
+    rt.block_on(weft_node::start(home, cfg, shutdown_signal()))?;
     println!("weft stopped.");
     Ok(0)
 }

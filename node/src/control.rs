@@ -40,6 +40,16 @@ pub enum ControlRequest {
         /// Where to write it instead of in place.
         to: Option<String>,
     },
+    /// Starts backing up to a relay (a multiaddr ending in `/p2p/<id>`).
+    RelayAdd {
+        /// The relay's address.
+        addr: String,
+    },
+    /// Stops using a relay.
+    RelayRemove {
+        /// The relay's address, as added.
+        addr: String,
+    },
 }
 
 /// One connected peer, for `weft status`.
@@ -75,6 +85,14 @@ pub enum ControlResponse {
         bytes_received: u64,
         /// Chunk bytes sent since start.
         bytes_sent: u64,
+        /// The relays this device backs up to.
+        #[serde(default)]
+        relays: Vec<crate::upload::RelayStatus>,
+    },
+    /// A relay was added or removed.
+    Relay {
+        /// What happened, for a person.
+        message: String,
     },
     /// A pairing code.
     Invite {

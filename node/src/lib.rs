@@ -3,7 +3,8 @@
 //! A node keeps a person's folders identical across their devices, live, over libp2p.
 //! [`start`] runs one until shutdown: the swarm task in [`node`], one worker per
 //! folder in [`apply`] (scan, plan, fetch, write atomically), the watcher in
-//! [`watch`], the CLI's control socket in [`control`]. [`join`] pairs a new device.
+//! [`watch`], the CLI's control socket in [`control`], backups to relays in [`upload`].
+//! [`join`] pairs a new device.
 //! Wire formats and limits are in [`protocol`]; pairing codes in [`pairing`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
@@ -14,6 +15,7 @@ pub mod join;
 pub mod node;
 pub mod pairing;
 pub mod protocol;
+pub mod upload;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -57,6 +59,9 @@ pub enum NodeError {
     /// A chunk could not be had from any peer.
     #[error("no connected device has chunk {0}")]
     ChunkUnavailable(String),
+    /// A relay refused a request (over quota, not allowed, ...).
+    #[error("the relay refused: {0}")]
+    Refused(String),
 }
 
 /// State shared by the node's tasks.
@@ -67,6 +72,8 @@ pub struct Shared {
     pub status: Mutex<HashMap<FolderId, apply::FolderStatus>>,
     /// Addresses the node listens on.
     pub listen_addrs: Mutex<Vec<libp2p::Multiaddr>>,
+    /// The relays this device backs up to, by peer id.
+    pub relays: Mutex<HashMap<libp2p::PeerId, upload::RelayStatus>>,
     received: AtomicU64,
     sent: AtomicU64,
 }
@@ -78,6 +85,7 @@ impl Shared {
             store,
             status: Mutex::new(HashMap::new()),
             listen_addrs: Mutex::new(Vec::new()),
+            relays: Mutex::new(HashMap::new()),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
         }

@@ -97,6 +97,15 @@ pub enum Cmd {
         /// A peer not to tell (the one the entries came from).
         except: Option<PeerId>,
     },
+    /// A request to a relay's storage (from an uploader).
+    Store {
+        /// The relay.
+        peer: PeerId,
+        /// The request.
+        req: StoreRequest,
+        /// Its answer, or why there is none.
+        reply: oneshot::Sender<Result<StoreResponse, String>>,
+    },
     /// A control-socket request.
     Control {
         /// The request.
@@ -114,6 +123,7 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     sync: request_response::Behaviour<Codec<SyncRequest, SyncResponse>>,
     chunk: request_response::Behaviour<Codec<ChunkRequest, ChunkResponse>>,
+    store: request_response::Behaviour<Codec<StoreRequest, StoreResponse>>,
     pair: request_response::Behaviour<Codec<PairRequest, PairResponse>>,
 }
 
@@ -125,6 +135,8 @@ struct Peer {
     relayed: bool,
     rtt: Option<Duration>,
     chunk_in_flight: usize,
+    /// A relay this device uses (pulled from and fetched from, never served).
+    is_relay: bool,
 }
 
 struct ChunkFetch {
@@ -165,6 +177,15 @@ struct State {
     known_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     cmd_tx: mpsc::Sender<Cmd>,
     done_tx: mpsc::UnboundedSender<Done>,
+    store_waiting: HashMap<OutboundRequestId, oneshot::Sender<Result<StoreResponse, String>>>,
+    /// Relays by peer id: their uploader's kick, and the uploader once connected.
+    relays: HashMap<PeerId, Relay>,
+}
+
+struct Relay {
+    addr: Multiaddr,
+    kick: Arc<tokio::sync::Notify>,
+    uploader: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn store(s: &State) -> &Store {
@@ -182,6 +203,11 @@ fn peer_id(d: &DeviceId) -> Option<PeerId> {
         .map(|k| PeerId::from_public_key(&libp2p::identity::PublicKey::from(k)))
 }
 
+/// The device id of a libp2p peer id (an ed25519 identity), if it is one.
+pub fn device_of(p: &PeerId) -> Option<DeviceId> {
+    device_id(p)
+}
+
 fn device_id(p: &PeerId) -> Option<DeviceId> {
     let pk = libp2p::identity::PublicKey::try_decode_protobuf(&p.to_bytes()[2..]).ok()?;
     let ed = pk.try_into_ed25519().ok()?;
@@ -190,7 +216,7 @@ fn device_id(p: &PeerId) -> Option<DeviceId> {
 
 /// A swarm over TCP and QUIC (Noise, Yamux) with the device key as its identity, and
 /// the behaviour `make` builds; shared by the node and by `weft join`.
-pub(crate) fn swarm_with<B: NetworkBehaviour>(
+pub fn swarm_with<B: NetworkBehaviour>(
     device: &weft_crypto::SecretKey,
     idle: Duration,
     make: impl FnOnce(&libp2p::identity::Keypair) -> B,
@@ -255,6 +281,11 @@ fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, No
                     [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
                     rr(64),
                 ),
+                store: request_response::Behaviour::with_codec(
+                    Codec::new(MAX_STORE_MESSAGE, 1 << 20),
+                    [(STORE_PROTOCOL, ProtocolSupport::Outbound)],
+                    rr(8),
+                ),
                 pair: request_response::Behaviour::with_codec(
                     Codec::new(MAX_PAIR_MESSAGE, MAX_PAIR_MESSAGE),
                     [(PAIR_PROTOCOL, ProtocolSupport::Full)],
@@ -292,7 +323,14 @@ pub async fn run(
         known_addrs: HashMap::new(),
         cmd_tx: cmd_tx.clone(),
         done_tx,
+        store_waiting: HashMap::new(),
+        relays: HashMap::new(),
     };
+    for a in shared.store.relays()? {
+        if let Err(e) = add_relay(&mut st, &a) {
+            warn!("relay {a}: {e}");
+        }
+    }
     // One worker per folder, and the watcher that kicks them.
     let mut watched = Vec::new();
     let mut workers = Vec::new();
@@ -347,7 +385,7 @@ pub async fn run(
                 expire_invites(&mut st);
             }
             _ = pull_tick.tick() => {
-                let verified: Vec<PeerId> = st.peers.iter().filter(|(_, p)| p.verified).map(|(id, _)| *id).collect();
+                let verified: Vec<PeerId> = st.peers.iter().filter(|(_, p)| p.verified || p.is_relay).map(|(id, _)| *id).collect();
                 for p in verified { pull_all(&mut st, p); }
             }
         }
@@ -359,7 +397,18 @@ pub async fn run(
     for w in &workers {
         w.abort();
     }
+    let uploaders: Vec<_> = st
+        .relays
+        .values_mut()
+        .filter_map(|r| r.uploader.take())
+        .collect();
+    for u in &uploaders {
+        u.abort();
+    }
     drop(st);
+    for u in uploaders {
+        let _ = u.await;
+    }
     drop(cmds);
     drop(cmd_tx);
     drop(_watcher);
@@ -373,6 +422,87 @@ pub async fn run(
     Ok(())
 }
 
+/// Starts using a relay: remembered by address, dialed (and redialed), backed up to
+/// once connected.
+fn add_relay(st: &mut State, addr: &str) -> Result<PeerId, String> {
+    let ma: Multiaddr = addr.parse().map_err(|e| format!("not a multiaddr: {e}"))?;
+    let Some(libp2p::multiaddr::Protocol::P2p(peer)) = ma.iter().last() else {
+        return Err(
+            "the address must end in /p2p/<relay id> (as `weft relay serve` prints it)".into(),
+        );
+    };
+    st.known_addrs.insert(peer, vec![ma.clone()]);
+    if let Ok(mut m) = st.shared.relays.lock() {
+        m.entry(peer).or_insert_with(|| crate::upload::RelayStatus {
+            address: addr.to_string(),
+            state: "connecting".into(),
+            ..Default::default()
+        });
+    }
+    st.relays.entry(peer).or_insert_with(|| Relay {
+        addr: ma.clone(),
+        kick: Arc::new(tokio::sync::Notify::new()),
+        uploader: None,
+    });
+    if !st.swarm.is_connected(&peer)
+        && let Err(e) = st.swarm.dial(ma)
+    {
+        debug!(peer = %peer, "dial relay: {e}");
+    }
+    Ok(peer)
+}
+
+/// A relay connected: start (or wake) its uploader and pull what it holds.
+fn relay_connected(st: &mut State, peer: PeerId) {
+    info!(relay = %peer, "connected to relay");
+    if let Ok(mut m) = st.shared.relays.lock()
+        && let Some(s) = m.get_mut(&peer)
+    {
+        s.connected = true;
+    }
+    let (shared, cmds) = (st.shared.clone(), st.cmd_tx.clone());
+    if let Some(r) = st.relays.get_mut(&peer) {
+        match &r.uploader {
+            Some(u) if !u.is_finished() => r.kick.notify_one(),
+            _ => {
+                r.uploader = Some(tokio::spawn(crate::upload::uploader(
+                    shared,
+                    cmds,
+                    peer,
+                    r.kick.clone(),
+                )))
+            }
+        }
+    }
+    pull_all(st, peer);
+}
+
+fn on_store(st: &mut State, ev: request_response::Event<StoreRequest, StoreResponse>) {
+    use request_response::{Event, Message};
+    match ev {
+        Event::Message {
+            message:
+                Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some(tx) = st.store_waiting.remove(&request_id) {
+                let _ = tx.send(Ok(response));
+            }
+        }
+        Event::OutboundFailure {
+            request_id, error, ..
+        } => {
+            if let Some(tx) = st.store_waiting.remove(&request_id) {
+                let _ = tx.send(Err(error.to_string()));
+            }
+        }
+        _ => {}
+    }
+}
+
 fn expire_invites(st: &mut State) {
     let now = now_ms();
     st.invites.retain(|_, exp| *exp > now);
@@ -382,7 +512,7 @@ fn drop_unverified(st: &mut State) {
     let stale: Vec<PeerId> = st
         .peers
         .iter()
-        .filter(|(_, p)| !p.verified && p.since.elapsed() > VERIFY_GRACE)
+        .filter(|(_, p)| !p.verified && !p.is_relay && p.since.elapsed() > VERIFY_GRACE)
         .map(|(id, _)| *id)
         .collect();
     for p in stale {
@@ -436,6 +566,7 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
             let name = device_id(&peer_id)
                 .and_then(|d| store(st).device_cert(&d).ok().flatten())
                 .map(|c| c.body.name);
+            let is_relay = st.relays.contains_key(&peer_id);
             let entry = st.peers.entry(peer_id).or_insert(Peer {
                 since: Instant::now(),
                 verified: false,
@@ -444,7 +575,12 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
                 relayed,
                 rtt: None,
                 chunk_in_flight: 0,
+                is_relay,
             });
+            if is_relay {
+                relay_connected(st, peer_id);
+                return;
+            }
             if known && !entry.verified {
                 entry.verified = true;
                 info!(peer = %peer_id, name = entry.name.as_deref().unwrap_or("?"), "peer connected");
@@ -464,9 +600,18 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
         } => {
             if num_established == 0
                 && let Some(p) = st.peers.remove(&peer_id)
-                && p.verified
             {
-                info!(peer = %peer_id, name = p.name.as_deref().unwrap_or("?"), "peer disconnected");
+                if p.verified {
+                    info!(peer = %peer_id, name = p.name.as_deref().unwrap_or("?"), "peer disconnected");
+                }
+                if p.is_relay {
+                    info!(relay = %peer_id, "disconnected from relay");
+                    if let Ok(mut m) = st.shared.relays.lock()
+                        && let Some(s) = m.get_mut(&peer_id)
+                    {
+                        s.connected = false;
+                    }
+                }
             }
             // Fetches waiting on it are retried elsewhere when their request fails.
         }
@@ -505,6 +650,7 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
         }
         SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => on_sync(st, ev),
         SwarmEvent::Behaviour(BehaviourEvent::Chunk(ev)) => on_chunk(st, ev),
+        SwarmEvent::Behaviour(BehaviourEvent::Store(ev)) => on_store(st, ev),
         SwarmEvent::Behaviour(BehaviourEvent::Pair(ev)) => on_pair(st, ev),
         _ => {}
     }
@@ -672,6 +818,11 @@ fn handle_sync_request(st: &mut State, peer: PeerId, req: SyncRequest) -> SyncRe
                     reason: "not a device of this person".into(),
                 }
             }
+        }
+        // A relay says it stored new entries of a folder: fetch them.
+        SyncRequest::Notify { folder } if st.peers.get(&peer).is_some_and(|p| p.is_relay) => {
+            pull(st, peer, folder);
+            SyncResponse::Ack
         }
         _ if !verified(st, &peer) => {
             warn!(peer = %peer, "refused sync request from an unpaired peer");
@@ -930,7 +1081,7 @@ fn drain_queue(st: &mut State) {
     let verified: Vec<PeerId> = st
         .peers
         .iter()
-        .filter(|(_, p)| p.verified)
+        .filter(|(_, p)| p.verified || p.is_relay)
         .map(|(id, _)| *id)
         .collect();
     let (hopeless, waiting): (VecDeque<ChunkFetch>, VecDeque<ChunkFetch>) = st
@@ -948,7 +1099,9 @@ fn drain_queue(st: &mut State) {
         let mut peers: Vec<(PeerId, usize)> = st
             .peers
             .iter()
-            .filter(|(_, p)| p.verified && p.chunk_in_flight < CHUNK_REQUESTS_PER_PEER)
+            .filter(|(_, p)| {
+                (p.verified || p.is_relay) && p.chunk_in_flight < CHUNK_REQUESTS_PER_PEER
+            })
             .map(|(id, p)| (*id, p.chunk_in_flight))
             .collect();
         peers.sort_by_key(|(_, n)| *n);
@@ -1074,7 +1227,27 @@ fn on_cmd(st: &mut State, cmd: Cmd) {
                 reply,
             });
         }
-        Cmd::Notify { folder, except } => notify_peers(st, folder, except),
+        Cmd::Notify { folder, except } => {
+            notify_peers(st, folder, except);
+            // Something new to back up: the relays are behind until their uploader's
+            // next pass ends.
+            if let Ok(mut m) = st.shared.relays.lock() {
+                for r in m.values_mut() {
+                    r.state = "uploading".into();
+                }
+            }
+            for r in st.relays.values() {
+                r.kick.notify_one();
+            }
+        }
+        Cmd::Store { peer, req, reply } => {
+            if st.swarm.is_connected(&peer) {
+                let id = st.swarm.behaviour_mut().store.send_request(&peer, req);
+                st.store_waiting.insert(id, reply);
+            } else {
+                let _ = reply.send(Err("not connected to the relay".into()));
+            }
+        }
         Cmd::Control { req, reply } => match req {
             ControlRequest::History { .. } | ControlRequest::Restore { .. } => {
                 // Store work (and fetches through this very task) off the swarm task.
@@ -1100,6 +1273,53 @@ fn on_cmd(st: &mut State, cmd: Cmd) {
 
 fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
     match req {
+        ControlRequest::RelayAdd { addr } => match add_relay(st, &addr) {
+            Ok(peer) => match store(st).add_relay(&addr) {
+                Ok(new) => ControlResponse::Relay {
+                    message: if new {
+                        format!("added relay {peer}; backing up to it from now on")
+                    } else {
+                        format!("relay {peer} was already added")
+                    },
+                },
+                Err(e) => ControlResponse::Error {
+                    message: e.to_string(),
+                },
+            },
+            Err(message) => ControlResponse::Error { message },
+        },
+        ControlRequest::RelayRemove { addr } => match store(st).remove_relay(&addr) {
+            Ok(true) => {
+                let peer = st
+                    .relays
+                    .iter()
+                    .find(|(_, r)| r.addr.to_string() == addr)
+                    .map(|(p, _)| *p);
+                if let Some(p) = peer {
+                    if let Some(mut r) = st.relays.remove(&p)
+                        && let Some(u) = r.uploader.take()
+                    {
+                        u.abort();
+                    }
+                    st.known_addrs.remove(&p);
+                    if let Ok(mut m) = st.shared.relays.lock() {
+                        m.remove(&p);
+                    }
+                    let _ = st.swarm.disconnect_peer_id(p);
+                }
+                ControlResponse::Relay {
+                    message: format!("removed relay {addr}"),
+                }
+            }
+            Ok(false) => ControlResponse::Error {
+                message: format!(
+                    "{addr} is not one of this device's relays (see `weft relay list`)"
+                ),
+            },
+            Err(e) => ControlResponse::Error {
+                message: e.to_string(),
+            },
+        },
         ControlRequest::History { .. } | ControlRequest::Restore { .. } => ControlResponse::Error {
             message: "handled elsewhere".into(),
         },
@@ -1154,7 +1374,14 @@ fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
                 .lock()
                 .map(|m| m.values().cloned().collect())
                 .unwrap_or_default();
+            let relays = st
+                .shared
+                .relays
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
             ControlResponse::Status {
+                relays,
                 device: store(st).identity().device_id().to_string(),
                 listen: st
                     .shared

@@ -20,6 +20,8 @@ use weft_store::sync::SharedFolder;
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/weft/sync/1");
 /// Chunk transfer.
 pub const CHUNK_PROTOCOL: StreamProtocol = StreamProtocol::new("/weft/chunk/1");
+/// Uploads from a device to a relay's storage.
+pub const STORE_PROTOCOL: StreamProtocol = StreamProtocol::new("/weft/store/1");
 /// Pairing a new device.
 pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/weft/pair/1");
 
@@ -141,6 +143,89 @@ pub enum PairRequest {
     Malformed(String),
 }
 
+/// Requests of `/weft/store/1`, from a device to a relay.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreRequest {
+    /// Enables the relay for the sender's person: the sender's device certificate.
+    Register {
+        /// The encoded [`weft_crypto::DeviceCertificate`].
+        #[serde(with = "serde_bytes")]
+        cert: Vec<u8>,
+    },
+    /// Per author, the last entry of `folder` the relay stores.
+    Tips {
+        /// The folder.
+        folder: FolderId,
+    },
+    /// Stores entries of `folder`, all or nothing.
+    PutEntries {
+        /// The folder.
+        folder: FolderId,
+        /// Encoded entries, oldest first per author.
+        entries: Vec<serde_bytes::ByteBuf>,
+        /// Certificates of their authors (devices of the sender's person that never
+        /// registered at the relay themselves).
+        certs: Vec<serde_bytes::ByteBuf>,
+    },
+    /// Which of `ids` the relay lacks for `folder`.
+    Missing {
+        /// The folder.
+        folder: FolderId,
+        /// At most [`MAX_STORE_IDS`] chunk ids.
+        ids: Vec<ChunkId>,
+    },
+    /// Stores chunks of `folder`, all or nothing.
+    PutChunks {
+        /// The folder.
+        folder: FolderId,
+        /// Chunk ids and ciphertexts, at most about [`MAX_BATCH_BYTES`].
+        chunks: Vec<(ChunkId, serde_bytes::ByteBuf)>,
+    },
+    /// The folders of the sender's person that the relay stores.
+    Folders,
+    /// Never on the wire: an unreadable request (see [`SyncRequest::Malformed`]).
+    #[serde(skip)]
+    Malformed(String),
+}
+
+/// Responses of `/weft/store/1`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreResponse {
+    /// The device is registered.
+    Registered,
+    /// Answers `Tips`.
+    Tips {
+        /// Per author, the last stored sequence number.
+        tips: Vec<(DeviceId, u64)>,
+    },
+    /// Answers `PutEntries` and `PutChunks`: how many were new.
+    Stored {
+        /// New items.
+        count: u64,
+    },
+    /// Answers `Missing`.
+    Missing {
+        /// The ids the relay lacks.
+        ids: Vec<ChunkId>,
+    },
+    /// Answers `Folders`.
+    Folders {
+        /// The folders.
+        folders: Vec<FolderId>,
+    },
+    /// Refused, with the reason (over quota, not allowed, a bad entry...).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Most chunk ids one `Missing` request may carry.
+pub const MAX_STORE_IDS: usize = 4096;
+/// Largest `/weft/store/1` message: a batch of entries (≤ 4 MiB, one entry ≤ 8 MiB)
+/// or of chunks, plus framing.
+pub const MAX_STORE_MESSAGE: usize = 12 << 20;
+
 /// Requests that can stand for an unreadable one.
 pub trait Unreadable {
     /// The stand-in for a request that could not be read, with the reason.
@@ -156,6 +241,12 @@ impl Unreadable for SyncRequest {
 impl Unreadable for ChunkRequest {
     fn unreadable(reason: String) -> Self {
         ChunkRequest::Malformed(reason)
+    }
+}
+
+impl Unreadable for StoreRequest {
+    fn unreadable(reason: String) -> Self {
+        StoreRequest::Malformed(reason)
     }
 }
 

@@ -1,5 +1,8 @@
-//! weft's relay: a node with the relay role.
+//! weft's relay: a node with the relay role, which never holds a key.
 //!
-//! Not built yet. This crate will own circuit relay v2, DCUtR and rendezvous service,
-//! durable ciphertext storage of the folders it serves, quotas, and the HTTP server
-//! for share links. It never holds a key.
+//! - [`storage`]: durable, verified storage of the signed log entries and ciphertext
+//!   chunks of the folders whose owners enabled this relay, with per-person quotas.
+//! - `server`: the libp2p swarm that serves `/weft/store/1` uploads and the sync and
+//!   chunk protocols for downloads.
+pub mod server;
+pub mod storage;

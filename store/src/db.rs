@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_crypto::{ChunkId, DeviceId, FolderId, FolderSecret, Hash, PersonId};
 
 /// Current schema version, kept in `meta-1` under `"schema"`.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// `name → value`: schema version and similar.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
@@ -37,6 +37,8 @@ pub const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices
 pub const PEER_ADDRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peer-addrs-1");
 /// `chunk id (32) → FileLoc`: where a chunk of a current file can be read.
 pub const CHUNK_LOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk-locs-1");
+/// `relay multiaddr (with /p2p/<id>) → ()`: the relays this device uses.
+pub const RELAYS: TableDefinition<&str, ()> = TableDefinition::new("relays-1");
 
 /// A registered folder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -266,6 +268,10 @@ pub fn open(path: &Path) -> Result<Database> {
         // Migration 2 → 3: chunk locations in current files.
         if current < 3 {
             txn.open_table(CHUNK_LOCS)?;
+        }
+        // Migration 3 → 4: relays.
+        if current < 4 {
+            txn.open_table(RELAYS)?;
         }
         meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }

@@ -7,7 +7,7 @@ use crate::db::{self, ChainTip, FolderRecord, IndexKind, IndexRow, VersionRecord
 use crate::error::{Result, StoreError};
 use crate::log::Entry;
 use crate::merge::{self, TreeEntry};
-use crate::model::{Content, Manifest, RelPath, Version, VersionId};
+use crate::model::{ChunkRef, Content, Manifest, RelPath, Version, VersionId};
 use crate::store::{Store, accept_entry, now_ms};
 use redb::{ReadableDatabase, ReadableTable};
 use std::collections::{BTreeMap, HashMap};
@@ -447,6 +447,25 @@ impl Store {
             .is_some_and(|c| c.body.person == self.id.person_id()))
     }
 
+    /// The chunks the file versions of one of `folder`'s stored entries (encoded)
+    /// consist of: what must be uploaded with it for another device to rebuild them.
+    /// The entry is opened with the folder's keys; each version's manifest comes from
+    /// the versions table.
+    pub fn chunks_of_entry(&self, folder: &FolderRecord, raw: &[u8]) -> Result<Vec<ChunkRef>> {
+        let entry = Entry::decode(raw)?;
+        let version = entry.version_id();
+        let mut out = Vec::new();
+        for op in entry.open_change(&self.keys(folder))? {
+            let path = match &op {
+                crate::log::Op::Put { path, .. } => path,
+                crate::log::Op::Move { to, .. } => to,
+                _ => continue,
+            };
+            out.extend(self.manifest(&folder.id, path, &version)?.chunks);
+        }
+        Ok(out)
+    }
+
     /// A stored version's record.
     pub fn version_record(
         &self,
@@ -487,6 +506,34 @@ impl From<&FolderRecord> for SharedFolder {
 }
 
 impl Store {
+    /// Adds a relay (a multiaddr ending in `/p2p/<id>`); adding it again is harmless.
+    /// Returns whether it is new.
+    pub fn add_relay(&self, addr: &str) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let new = txn.open_table(db::RELAYS)?.insert(addr, ())?.is_none();
+        txn.commit()?;
+        Ok(new)
+    }
+
+    /// Removes a relay; returns whether it was there.
+    pub fn remove_relay(&self, addr: &str) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let had = txn.open_table(db::RELAYS)?.remove(addr)?.is_some();
+        txn.commit()?;
+        Ok(had)
+    }
+
+    /// The relays this device uses.
+    pub fn relays(&self) -> Result<Vec<String>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(db::RELAYS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            out.push(row?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
     /// Remembers where a device was last reachable.
     pub fn remember_addrs(&self, device: &DeviceId, addrs: &[String]) -> Result<()> {
         let txn = self.db.begin_write()?;

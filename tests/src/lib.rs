@@ -134,6 +134,61 @@ impl Device {
         }
     }
 
+    /// The node's status (it must be running).
+    pub fn status(&self) -> weft_node::control::ControlResponse {
+        weft_node::control::request(&self.home, &weft_node::control::ControlRequest::Status)
+            .unwrap()
+    }
+
+    /// The relays as the running node reports them.
+    pub fn relays(&self) -> Vec<weft_node::upload::RelayStatus> {
+        match self.status() {
+            weft_node::control::ControlResponse::Status { relays, .. } => relays,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Adds a relay to this (stopped) device.
+    pub fn add_relay(&self, addr: &str) {
+        let store = weft_store::Store::open(&self.home).unwrap();
+        store.add_relay(addr).unwrap();
+    }
+
+    /// Entries this running device uploaded to its relays so far.
+    pub fn uploaded(&self) -> u64 {
+        self.relays().iter().map(|r| r.entries_uploaded).sum()
+    }
+
+    /// Waits until this running device's relays hold everything it has: more than
+    /// `before` entries were uploaded, the uploader finished its pass, and that stays
+    /// so for a moment (a burst of changes may take more than one scan).
+    pub async fn wait_backed_up(&self, before: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut stable: Option<(Instant, u64)> = None;
+        loop {
+            let r = self.relays();
+            let n: u64 = r.iter().map(|r| r.entries_uploaded).sum();
+            let done = !r.is_empty()
+                && r.iter().all(|r| r.connected && r.state == "in sync")
+                && n > before;
+            match stable {
+                Some((t, m)) if done && m == n => {
+                    if t.elapsed() > Duration::from_millis(1500) {
+                        return;
+                    }
+                }
+                _ if done => stable = Some((Instant::now(), n)),
+                _ => stable = None,
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not back up to its relay within {within:?}: {r:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
@@ -209,6 +264,57 @@ pub async fn converge(devices: &[&Device], within: Duration) -> Snapshot {
             panic!("devices {names:?} did not converge within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A relay running in-process on 127.0.0.1.
+pub struct Relay {
+    pub data: PathBuf,
+    pub addr: String,
+    running: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+}
+
+impl Relay {
+    /// Starts a relay with its data under `data`, on a random port.
+    pub async fn start(data: &Path, quota: Option<u64>) -> Relay {
+        let mut cfg = weft_relay::server::ServeConfig::new(data.to_path_buf());
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        cfg.quota_per_person = quota;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (atx, arx) = tokio::sync::oneshot::channel();
+        let h = tokio::spawn(async move {
+            weft_relay::server::serve(
+                cfg,
+                move |a| {
+                    let _ = atx.send(a);
+                },
+                async {
+                    let _ = rx.await;
+                },
+            )
+            .await
+            .unwrap();
+        });
+        let addrs = tokio::time::timeout(Duration::from_secs(20), arx)
+            .await
+            .expect("the relay listens")
+            .unwrap();
+        Relay {
+            data: data.to_path_buf(),
+            addr: addrs[0].to_string(),
+            running: Some((h, tx)),
+        }
+    }
+
+    /// Stops the relay.
+    pub async fn stop(&mut self) {
+        if let Some((h, tx)) = self.running.take() {
+            let _ = tx.send(());
+            h.await.unwrap();
+        }
     }
 }
 

@@ -1,0 +1,293 @@
+//! Backing up to a relay: every folder's log entries and the chunks they reference,
+//! uploaded over `/weft/store/1` as they are produced.
+//!
+//! One uploader task per relay. A pass registers the device (its certificate), then
+//! for each folder asks the relay's chain tips, and sends what the relay lacks in log
+//! order: first the chunks of a batch of entries (only those the relay reports
+//! missing, so an interrupted upload resumes where it stopped), then the entries
+//! themselves, so the relay never holds an entry whose chunks it lacks while a
+//! device that has them is uploading. A pass runs when the relay connects, after a
+//! local change, and every minute.
+//!
+//! Memory: one batch of entries (≤ 4 MiB) and one batch of chunks (≈ 1 MiB) at a time.
+use crate::node::Cmd;
+use crate::protocol::{MAX_BATCH_BYTES, MAX_STORE_IDS, StoreRequest, StoreResponse};
+use crate::{NodeError, Shared};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{debug, info, warn};
+use weft_crypto::{ChunkId, DeviceId};
+use weft_store::db::FolderRecord;
+
+/// How often an idle uploader checks again.
+const PASS_EVERY: Duration = Duration::from_secs(60);
+
+/// A relay as `weft status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// Its address.
+    pub address: String,
+    /// Whether the node is connected to it.
+    pub connected: bool,
+    /// `connecting`, `uploading`, `in sync` (everything is stored there), or `error`.
+    pub state: String,
+    /// The last refusal or failure, until a pass succeeds.
+    pub last_error: Option<String>,
+    /// Entries uploaded since start.
+    pub entries_uploaded: u64,
+    /// Chunks uploaded since start.
+    pub chunks_uploaded: u64,
+}
+
+/// Sends one store request to `relay` through the swarm task.
+async fn ask(
+    cmds: &mpsc::Sender<Cmd>,
+    relay: PeerId,
+    req: StoreRequest,
+) -> Result<StoreResponse, NodeError> {
+    let (tx, rx) = oneshot::channel();
+    cmds.send(Cmd::Store {
+        peer: relay,
+        req,
+        reply: tx,
+    })
+    .await
+    .map_err(|_| NodeError::Network("node is shutting down".into()))?;
+    match rx.await {
+        Ok(Ok(StoreResponse::Refused { reason })) => Err(NodeError::Refused(reason)),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(NodeError::Network(e)),
+        Err(_) => Err(NodeError::Network("node is shutting down".into())),
+    }
+}
+
+fn unexpected(r: StoreResponse) -> NodeError {
+    NodeError::Network(format!("unexpected answer from the relay: {r:?}"))
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Network(e.to_string()))?
+}
+
+fn set(shared: &Shared, relay: &PeerId, f: impl FnOnce(&mut RelayStatus)) {
+    if let Ok(mut m) = shared.relays.lock()
+        && let Some(s) = m.get_mut(relay)
+    {
+        f(s);
+    }
+}
+
+/// The uploader of one relay: a pass whenever `kick` fires, or every minute.
+pub(crate) async fn uploader(
+    shared: Arc<Shared>,
+    cmds: mpsc::Sender<Cmd>,
+    relay: PeerId,
+    kick: Arc<Notify>,
+) {
+    loop {
+        set(&shared, &relay, |s| s.state = "uploading".into());
+        match pass(&shared, &cmds, relay).await {
+            Ok(()) => set(&shared, &relay, |s| {
+                s.state = "in sync".into();
+                s.last_error = None;
+            }),
+            Err(e) => {
+                warn!(relay = %relay, "backup to the relay: {e}");
+                set(&shared, &relay, |s| {
+                    s.state = "error".into();
+                    s.last_error = Some(e.to_string());
+                });
+            }
+        }
+        tokio::select! {
+            _ = kick.notified() => {}
+            _ = tokio::time::sleep(PASS_EVERY) => {}
+        }
+    }
+}
+
+/// One pass: register, then bring every folder's copy on the relay up to date.
+async fn pass(
+    shared: &Arc<Shared>,
+    cmds: &mpsc::Sender<Cmd>,
+    relay: PeerId,
+) -> Result<(), NodeError> {
+    let cert = shared.store.identity().cert.to_bytes();
+    match ask(cmds, relay, StoreRequest::Register { cert }).await? {
+        StoreResponse::Registered => {}
+        r => return Err(unexpected(r)),
+    }
+    let folders = {
+        let s = shared.clone();
+        blocking(move || Ok(s.store.folders()?)).await?
+    };
+    for folder in folders {
+        upload_folder(shared, cmds, relay, folder).await?;
+    }
+    Ok(())
+}
+
+async fn upload_folder(
+    shared: &Arc<Shared>,
+    cmds: &mpsc::Sender<Cmd>,
+    relay: PeerId,
+    folder: FolderRecord,
+) -> Result<(), NodeError> {
+    let mut have: HashMap<DeviceId, u64> =
+        match ask(cmds, relay, StoreRequest::Tips { folder: folder.id }).await? {
+            StoreResponse::Tips { tips } => tips.into_iter().collect(),
+            r => return Err(unexpected(r)),
+        };
+    loop {
+        let (entries, more) = {
+            let (s, f, h) = (shared.clone(), folder.id, have.clone());
+            blocking(move || {
+                let h: Vec<(DeviceId, u64)> = h.into_iter().collect();
+                Ok(s.store.entries_since(&f, &h)?)
+            })
+            .await?
+        };
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // The chunks of these entries first, those the relay lacks.
+        let ids: Vec<ChunkId> = {
+            let (s, f, e) = (shared.clone(), folder.clone(), entries.clone());
+            blocking(move || {
+                let mut seen = HashSet::new();
+                let mut ids = Vec::new();
+                for raw in &e {
+                    for c in s.store.chunks_of_entry(&f, raw)? {
+                        if seen.insert(c.id) {
+                            ids.push(c.id);
+                        }
+                    }
+                }
+                Ok(ids)
+            })
+            .await?
+        };
+        for group in ids.chunks(MAX_STORE_IDS) {
+            let missing = match ask(
+                cmds,
+                relay,
+                StoreRequest::Missing {
+                    folder: folder.id,
+                    ids: group.to_vec(),
+                },
+            )
+            .await?
+            {
+                StoreResponse::Missing { ids } => ids,
+                r => return Err(unexpected(r)),
+            };
+            upload_chunks(shared, cmds, relay, &folder, missing).await?;
+        }
+        // Then the entries, with their authors' certificates.
+        let mut authors: Vec<DeviceId> = Vec::new();
+        let mut tips: Vec<(DeviceId, u64)> = Vec::new();
+        for raw in &entries {
+            if let Ok(e) = weft_store::log::Entry::decode(raw) {
+                authors.push(e.header.author);
+                tips.push((e.header.author, e.header.seq));
+            }
+        }
+        authors.sort();
+        authors.dedup();
+        let certs = authors
+            .iter()
+            .filter_map(|a| shared.store.device_cert(a).ok().flatten())
+            .map(|c| ByteBuf::from(c.to_bytes()))
+            .collect();
+        let n = entries.len() as u64;
+        match ask(
+            cmds,
+            relay,
+            StoreRequest::PutEntries {
+                folder: folder.id,
+                entries: entries.into_iter().map(ByteBuf::from).collect(),
+                certs,
+            },
+        )
+        .await?
+        {
+            StoreResponse::Stored { count } => {
+                debug!(relay = %relay, folder = %folder.name, "stored {count} of {n} entries");
+                set(shared, &relay, |s| s.entries_uploaded += count);
+            }
+            r => return Err(unexpected(r)),
+        }
+        for (author, seq) in tips {
+            let t = have.entry(author).or_default();
+            *t = (*t).max(seq);
+        }
+        if !more {
+            info!(relay = %relay, folder = %folder.name, "backed up to the relay");
+            return Ok(());
+        }
+    }
+}
+
+/// Uploads chunks in batches of about [`MAX_BATCH_BYTES`]. A chunk this device can no
+/// longer produce (its file changed since) is skipped: a later version supersedes it.
+async fn upload_chunks(
+    shared: &Arc<Shared>,
+    cmds: &mpsc::Sender<Cmd>,
+    relay: PeerId,
+    folder: &FolderRecord,
+    ids: Vec<ChunkId>,
+) -> Result<(), NodeError> {
+    let mut pending = ids;
+    while !pending.is_empty() {
+        // Read one batch's worth, on the blocking pool.
+        let (chunks, rest) = {
+            let s = shared.clone();
+            blocking(move || {
+                let mut batch = Vec::new();
+                let mut bytes = 0usize;
+                let mut ids = pending.into_iter();
+                for id in ids.by_ref() {
+                    if let Some(ct) = s.store.chunk(&id)? {
+                        bytes += ct.len();
+                        batch.push((id, ByteBuf::from(ct)));
+                    }
+                    if bytes >= MAX_BATCH_BYTES {
+                        break;
+                    }
+                }
+                Ok((batch, ids.collect::<Vec<_>>()))
+            })
+            .await?
+        };
+        pending = rest;
+        if chunks.is_empty() {
+            continue;
+        }
+        match ask(
+            cmds,
+            relay,
+            StoreRequest::PutChunks {
+                folder: folder.id,
+                chunks,
+            },
+        )
+        .await?
+        {
+            StoreResponse::Stored { count } => {
+                set(shared, &relay, |s| s.chunks_uploaded += count);
+            }
+            r => return Err(unexpected(r)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! A relay stores a person's folders as ciphertext, so devices that are never online
+//! together still sync, and it never learns a name or a byte of content.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+use std::time::Duration;
+use weft_tests::*;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+/// A and B, paired (both online for the pairing only), each using the relay.
+async fn pair_with_relay(base: &std::path::Path, relay: &Relay) -> (Device, Device) {
+    let mut a = Device::new(base, "a");
+    let mut b = Device::new(base, "b");
+    a.create_folder();
+    a.start(&[]);
+    b.join(&a.invite()).await;
+    a.stop().await;
+    a.add_relay(&relay.addr);
+    b.add_relay(&relay.addr);
+    // Each restarts on a new port, so neither can reach the other directly: whatever
+    // they exchange goes through the relay.
+    a.port = free_port();
+    b.port = free_port();
+    (a, b)
+}
+
+/// Runs `d` alone until it holds `want` (from the relay), then makes `change` (if
+/// any) and waits until the relay holds it.
+async fn online_alone(d: &mut Device, want: Option<&Snapshot>, change: Option<fn(&Device)>) {
+    d.start(&[]);
+    if let Some(want) = want {
+        eventually(&format!("{} receives from the relay", d.name), WAIT, || {
+            &snapshot(&d.root) == want
+        })
+        .await;
+    }
+    if let Some(change) = change {
+        let before = d.uploaded();
+        change(d);
+        d.wait_backed_up(before, WAIT).await;
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_never_online_together_converge_through_the_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay"), None).await;
+    let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
+
+    // A alone: new files, a directory, a big-ish file of several chunks.
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(tmp.path().join("big.bin"), &big).unwrap();
+    online_alone(
+        &mut a,
+        None,
+        Some(|a| {
+            a.write("notes/todo.txt", b"buy milk");
+            let big = a.root.parent().unwrap().join("big.bin");
+            std::fs::copy(big, a.path("big.bin")).unwrap();
+            std::fs::create_dir_all(a.path("empty-dir")).unwrap();
+        }),
+    )
+    .await;
+    let after_a = snapshot(&a.root);
+
+    // B alone, later: receives all of it from the relay, then edits and deletes.
+    online_alone(
+        &mut b,
+        Some(&after_a),
+        Some(|b| {
+            b.write("notes/todo.txt", b"buy milk and bread");
+            std::fs::remove_file(b.path("big.bin")).unwrap();
+            b.write("from-b.txt", b"hello from b");
+        }),
+    )
+    .await;
+    let after_b = snapshot(&b.root);
+    assert!(after_b.contains_key("from-b.txt"));
+    assert!(!after_b.contains_key("big.bin"));
+
+    // A again: B's changes arrive through the relay.
+    online_alone(&mut a, Some(&after_b), None).await;
+
+    // Concurrent edits while each is offline: each edits `notes/todo.txt` without
+    // having seen the other's edit, and each ends with the same winner and copy.
+    online_alone(
+        &mut a,
+        None,
+        Some(|a| a.write("notes/todo.txt", b"A's version")),
+    )
+    .await;
+    b.write("notes/todo.txt", b"B's version");
+    b.start(&[]);
+    eventually("b makes a conflict copy", WAIT, || {
+        snapshot(&b.root)
+            .keys()
+            .any(|k| k.contains(".sync-conflict-"))
+    })
+    .await;
+    // (its counter started at zero with this run: B's edit and the copy went up)
+    b.wait_backed_up(0, WAIT).await;
+    b.stop().await;
+    let final_b = snapshot(&b.root);
+    online_alone(&mut a, Some(&final_b), None).await;
+    let copies: Vec<&String> = final_b
+        .keys()
+        .filter(|k| k.contains(".sync-conflict-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{final_b:?}");
+    let versions: Vec<&[u8]> = [&final_b["notes/todo.txt"], &final_b[copies[0]]]
+        .iter()
+        .map(|v| v.as_ref().unwrap().0.as_slice())
+        .collect();
+    assert!(versions.contains(&b"A's version".as_slice()));
+    assert!(versions.contains(&b"B's version".as_slice()));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_that_cannot_reach_each_other_sync_live_through_the_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay"), None).await;
+    let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
+    a.start(&[]);
+    b.start(&[]);
+    a.write("live.txt", b"through the relay, while both are up");
+    let s = converge(&[&a, &b], WAIT).await;
+    assert!(s.contains_key("live.txt"));
+    assert_eq!(
+        a.peers(),
+        0,
+        "a reached b directly: the test proves nothing"
+    );
+    b.write("back.txt", b"and back");
+    let s = converge(&[&a, &b], WAIT).await;
+    assert!(s.contains_key("back.txt"));
+    a.stop().await;
+    b.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_never_sees_a_name_or_a_byte_of_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay"), None).await;
+    let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
+    online_alone(
+        &mut a,
+        None,
+        Some(|a| {
+            a.write(
+                "MARKERDIR-b7e2/MARKERNAME-91ac.txt",
+                &b"MARKERCONTENT-4f1d9c ".repeat(5000),
+            );
+            a.write("small-MARKERNAME-91ac.md", b"MARKERCONTENT-4f1d9c");
+        }),
+    )
+    .await;
+    let want = snapshot(&a.root);
+    online_alone(&mut b, Some(&want), None).await;
+    relay.stop().await;
+
+    let markers: [&[u8]; 3] = [
+        b"MARKERCONTENT-4f1d9c",
+        b"MARKERNAME-91ac",
+        b"MARKERDIR-b7e2",
+    ];
+    let mut files = 0;
+    for entry in walk(&relay.data) {
+        let name = entry.to_string_lossy().into_owned();
+        for m in markers {
+            assert!(
+                !name.contains(std::str::from_utf8(m).unwrap()),
+                "a relay file is named after a marker: {name}"
+            );
+        }
+        let bytes = std::fs::read(&entry).unwrap();
+        for m in markers {
+            assert!(
+                !bytes.windows(m.len()).any(|w| w == m),
+                "{name} holds {:?}",
+                String::from_utf8_lossy(m)
+            );
+        }
+        files += 1;
+    }
+    assert!(files > 2, "the relay stored nothing: {files} files");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
