@@ -22,7 +22,8 @@ use libp2p::futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, connection_limits, identify, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, connection_limits, dcutr, identify, mdns, noise, ping, relay,
+    rendezvous, tcp, yamux,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -118,6 +119,9 @@ pub enum Cmd {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    rendezvous: rendezvous::client::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -137,6 +141,8 @@ struct Peer {
     chunk_in_flight: usize,
     /// A relay this device uses (pulled from and fetched from, never served).
     is_relay: bool,
+    /// A relayed connection was upgraded to a direct one by hole punching.
+    punched: bool,
 }
 
 struct ChunkFetch {
@@ -186,6 +192,10 @@ struct Relay {
     addr: Multiaddr,
     kick: Arc<tokio::sync::Notify>,
     uploader: Option<tokio::task::JoinHandle<()>>,
+    /// Listening through it (a circuit relay v2 reservation).
+    circuit: Option<libp2p::core::transport::ListenerId>,
+    /// Registered at its rendezvous point.
+    registered: bool,
 }
 
 fn store(s: &State) -> &Store {
@@ -239,6 +249,33 @@ pub fn swarm_with<B: NetworkBehaviour>(
         .build())
 }
 
+/// The node's swarm: [`swarm_with`]'s transports plus circuits through relays (the
+/// relay client transport), for devices that cannot be dialed directly.
+fn swarm_with_relay_client<B: NetworkBehaviour>(
+    device: &weft_crypto::SecretKey,
+    idle: Duration,
+    make: impl FnOnce(&libp2p::identity::Keypair, relay::client::Behaviour) -> B,
+) -> Result<Swarm<B>, NodeError> {
+    let mut seed = *device.to_seed();
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|e| NodeError::Network(e.to_string()))?;
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NodeError::Network(e.to_string()))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Network(e.to_string()))?
+        .with_behaviour(|key, relay| make(key, relay))
+        .map_err(|e| NodeError::Network(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build())
+}
+
 fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
     let mdns_on = cfg.mdns;
     let rr = |max: usize| {
@@ -246,10 +283,10 @@ fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, No
             .with_request_timeout(Duration::from_secs(30))
             .with_max_concurrent_streams(max)
     };
-    swarm_with(
+    swarm_with_relay_client(
         &shared.store.identity().device,
         Duration::from_secs(300),
-        |key| {
+        |key, relay_client| {
             let local = key.public().to_peer_id();
             let mdns = if mdns_on {
                 mdns::tokio::Behaviour::new(mdns::Config::default(), local).ok()
@@ -257,6 +294,9 @@ fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, No
                 None
             };
             Behaviour {
+                relay_client,
+                dcutr: dcutr::Behaviour::new(local),
+                rendezvous: rendezvous::client::Behaviour::new(key.clone()),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established_per_peer(Some(4))
@@ -382,6 +422,10 @@ pub async fn run(
                 drop_unverified(&mut st);
                 redial(&mut st);
                 drain_queue(&mut st);
+                let relays: Vec<PeerId> = st.relays.keys().copied().collect();
+                for r in relays {
+                    rendezvous_round(&mut st, r);
+                }
                 expire_invites(&mut st);
             }
             _ = pull_tick.tick() => {
@@ -443,6 +487,8 @@ fn add_relay(st: &mut State, addr: &str) -> Result<PeerId, String> {
         addr: ma.clone(),
         kick: Arc::new(tokio::sync::Notify::new()),
         uploader: None,
+        circuit: None,
+        registered: false,
     });
     if !st.swarm.is_connected(&peer)
         && let Err(e) = st.swarm.dial(ma)
@@ -475,6 +521,102 @@ fn relay_connected(st: &mut State, peer: PeerId) {
         }
     }
     pull_all(st, peer);
+    rendezvous_round(st, peer);
+}
+
+/// The rendezvous namespace of this person's devices: derived from the person key, so
+/// a device finds its siblings' current addresses (and only looks up its own person).
+fn namespace(st: &State) -> Option<rendezvous::Namespace> {
+    let person = store(st).identity().person_id();
+    let h = blake3::derive_key("weft rendezvous namespace v1", &person.0.0);
+    rendezvous::Namespace::new(format!("weft/{}", hex::encode(&h[..16]))).ok()
+}
+
+/// With a connected relay: take a reservation (listen through it, so others can reach
+/// this device), register this device's addresses under the person's namespace, and
+/// look up the siblings'. Repeated every tick until each step has succeeded (a
+/// registration needs an address to register).
+fn rendezvous_round(st: &mut State, relay_peer: PeerId) {
+    if !st.swarm.is_connected(&relay_peer) {
+        return;
+    }
+    let Some(r) = st.relays.get(&relay_peer) else {
+        return;
+    };
+    let (circuit, registered) = (r.circuit, r.registered);
+    let circuit_addr = r.addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+    if circuit.is_none() {
+        match st.swarm.listen_on(circuit_addr) {
+            Ok(id) => {
+                if let Some(r) = st.relays.get_mut(&relay_peer) {
+                    r.circuit = Some(id);
+                }
+            }
+            Err(e) => debug!(relay = %relay_peer, "cannot listen through the relay: {e}"),
+        }
+    }
+    let Some(ns) = namespace(st) else {
+        return;
+    };
+    if !registered {
+        let r = st
+            .swarm
+            .behaviour_mut()
+            .rendezvous
+            .register(ns.clone(), relay_peer, None);
+        if let Err(e) = r {
+            debug!(relay = %relay_peer, "rendezvous registration: {e}");
+        }
+    }
+    st.swarm
+        .behaviour_mut()
+        .rendezvous
+        .discover(Some(ns), None, None, relay_peer);
+}
+
+fn on_rendezvous(st: &mut State, ev: rendezvous::client::Event) {
+    use rendezvous::client::Event;
+    match ev {
+        Event::Registered {
+            rendezvous_node, ..
+        } => {
+            debug!(relay = %rendezvous_node, "registered at the rendezvous point");
+            if let Some(r) = st.relays.get_mut(&rendezvous_node) {
+                r.registered = true;
+            }
+        }
+        Event::RegisterFailed {
+            rendezvous_node,
+            error,
+            ..
+        } => debug!(relay = %rendezvous_node, "rendezvous registration refused: {error:?}"),
+        Event::Discovered { registrations, .. } => {
+            let me = *st.swarm.local_peer_id();
+            for reg in registrations {
+                let peer = reg.record.peer_id();
+                let mine =
+                    device_id(&peer).is_some_and(|d| store(st).is_my_device(&d).unwrap_or(false));
+                if peer == me || !mine || st.swarm.is_connected(&peer) {
+                    continue;
+                }
+                let addrs: Vec<Multiaddr> = reg.record.addresses().to_vec();
+                debug!(peer = %peer, "found at the rendezvous point: {addrs:?}");
+                st.known_addrs.insert(peer, addrs.clone());
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .build();
+                if let Err(e) = st.swarm.dial(opts) {
+                    debug!(peer = %peer, "dial: {e}");
+                }
+            }
+        }
+        Event::DiscoverFailed {
+            rendezvous_node,
+            error,
+            ..
+        } => debug!(relay = %rendezvous_node, "rendezvous lookup failed: {error:?}"),
+        Event::Expired { .. } => {}
+    }
 }
 
 fn on_store(st: &mut State, ev: request_response::Event<StoreRequest, StoreResponse>) {
@@ -548,6 +690,16 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
     match ev {
         SwarmEvent::NewListenAddr { address, .. } => {
             info!("listening on {address}");
+            // What this device registers at rendezvous points: its own listen
+            // addresses and its circuits through relays.
+            st.swarm.add_external_address(address.clone());
+            let relays: Vec<PeerId> = st.relays.keys().copied().collect();
+            for r in relays {
+                if let Some(rel) = st.relays.get_mut(&r) {
+                    rel.registered = false;
+                }
+                rendezvous_round(st, r);
+            }
             st.shared
                 .listen_addrs
                 .lock()
@@ -558,9 +710,9 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
             peer_id, endpoint, ..
         } => {
             let addr = endpoint.get_remote_address().clone();
-            let relayed = addr
-                .iter()
-                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+            // Through a circuit, dialed or accepted (an accepted one shows the
+            // circuit in its local address only).
+            let relayed = endpoint.is_relayed();
             let known =
                 device_id(&peer_id).is_some_and(|d| store(st).is_my_device(&d).unwrap_or(false));
             let name = device_id(&peer_id)
@@ -576,7 +728,14 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
                 rtt: None,
                 chunk_in_flight: 0,
                 is_relay,
+                punched: false,
             });
+            if !relayed && entry.relayed {
+                // A direct connection next to a relayed one (hole punching, or a
+                // dial to an address found at the rendezvous): use it.
+                entry.relayed = false;
+                entry.addr = Some(endpoint.get_remote_address().clone());
+            }
             if is_relay {
                 relay_connected(st, peer_id);
                 return;
@@ -652,6 +811,30 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
         SwarmEvent::Behaviour(BehaviourEvent::Chunk(ev)) => on_chunk(st, ev),
         SwarmEvent::Behaviour(BehaviourEvent::Store(ev)) => on_store(st, ev),
         SwarmEvent::Behaviour(BehaviourEvent::Pair(ev)) => on_pair(st, ev),
+        SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(ev)) => on_rendezvous(st, ev),
+        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+            remote_peer_id,
+            result,
+        })) => match result {
+            Ok(_) => {
+                info!(peer = %remote_peer_id, "hole punched: direct connection");
+                if let Some(p) = st.peers.get_mut(&remote_peer_id) {
+                    p.punched = true;
+                }
+            }
+            Err(e) => debug!(peer = %remote_peer_id, "hole punching failed: {e}"),
+        },
+        SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+        )) => info!(relay = %relay_peer_id, "reachable through the relay"),
+        SwarmEvent::ListenerClosed { listener_id, .. } => {
+            // A lost reservation is taken again at the next tick.
+            for r in st.relays.values_mut() {
+                if r.circuit == Some(listener_id) {
+                    r.circuit = None;
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -1081,7 +1264,7 @@ fn drain_queue(st: &mut State) {
     let verified: Vec<PeerId> = st
         .peers
         .iter()
-        .filter(|(_, p)| p.verified || p.is_relay)
+        .filter(|(_, p)| (p.verified || p.is_relay) && !p.relayed)
         .map(|(id, _)| *id)
         .collect();
     let (hopeless, waiting): (VecDeque<ChunkFetch>, VecDeque<ChunkFetch>) = st
@@ -1099,8 +1282,12 @@ fn drain_queue(st: &mut State) {
         let mut peers: Vec<(PeerId, usize)> = st
             .peers
             .iter()
+            // Not through a circuit: those are small by design; bulk data then comes
+            // through the relay's storage.
             .filter(|(_, p)| {
-                (p.verified || p.is_relay) && p.chunk_in_flight < CHUNK_REQUESTS_PER_PEER
+                (p.verified || p.is_relay)
+                    && !p.relayed
+                    && p.chunk_in_flight < CHUNK_REQUESTS_PER_PEER
             })
             .map(|(id, p)| (*id, p.chunk_in_flight))
             .collect();
@@ -1364,7 +1551,14 @@ fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
                     id: id.to_string(),
                     name: p.name.clone(),
                     address: p.addr.as_ref().map(|a| a.to_string()),
-                    connection: if p.relayed { "relayed" } else { "direct" }.into(),
+                    connection: if p.relayed {
+                        "relayed"
+                    } else if p.punched {
+                        "hole-punched"
+                    } else {
+                        "direct"
+                    }
+                    .into(),
                     latency_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 })
                 .collect();

@@ -17,6 +17,8 @@ pub struct Device {
     pub home: Home,
     pub root: PathBuf,
     pub port: u16,
+    /// Listen on nothing: reachable only through a relay's circuit.
+    pub unreachable: bool,
     running: Option<(
         tokio::task::JoinHandle<()>,
         tokio::sync::oneshot::Sender<()>,
@@ -40,6 +42,7 @@ impl Device {
             home: Home::new(base.join(format!("{name}-home"))),
             root: base.join(format!("{name}-files")),
             port: free_port(),
+            unreachable: false,
             running: None,
         }
     }
@@ -56,7 +59,11 @@ impl Device {
     pub fn start(&mut self, peers: &[u16]) {
         assert!(self.running.is_none(), "{} already running", self.name);
         let cfg = NodeConfig {
-            listen: vec![format!("/ip4/127.0.0.1/tcp/{}", self.port).parse().unwrap()],
+            listen: if self.unreachable {
+                Vec::new()
+            } else {
+                vec![format!("/ip4/127.0.0.1/tcp/{}", self.port).parse().unwrap()]
+            },
             peers: peers
                 .iter()
                 .map(|p| format!("/ip4/127.0.0.1/tcp/{p}").parse().unwrap())
@@ -278,11 +285,20 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts a relay with its data under `data`, on a random port.
-    pub async fn start(data: &Path, quota: Option<u64>) -> Relay {
+    /// Starts a relay with its data under `data`, on a random port, with defaults.
+    pub async fn start(data: &Path) -> Relay {
+        Relay::start_with(data, |_| {}).await
+    }
+
+    /// Starts a relay with its data under `data`, on a random port, with settings
+    /// changed by `tune`.
+    pub async fn start_with(
+        data: &Path,
+        tune: impl FnOnce(&mut weft_relay::server::ServeConfig),
+    ) -> Relay {
         let mut cfg = weft_relay::server::ServeConfig::new(data.to_path_buf());
         cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-        cfg.quota_per_person = quota;
+        tune(&mut cfg);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (atx, arx) = tokio::sync::oneshot::channel();
         let h = tokio::spawn(async move {

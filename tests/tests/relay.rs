@@ -44,7 +44,7 @@ async fn online_alone(d: &mut Device, want: Option<&Snapshot>, change: Option<fn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_never_online_together_converge_through_the_relay() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(&tmp.path().join("relay"), None).await;
+    let mut relay = Relay::start(&tmp.path().join("relay")).await;
     let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
 
     // A alone: new files, a directory, a big-ish file of several chunks.
@@ -121,8 +121,16 @@ async fn devices_never_online_together_converge_through_the_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_that_cannot_reach_each_other_sync_live_through_the_relay() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(&tmp.path().join("relay"), None).await;
+    // No circuits at this relay, and neither device listens: they can never connect
+    // to each other. Storage is the only way between them.
+    let mut relay = Relay::start_with(&tmp.path().join("relay"), |c| {
+        c.circuits.max_circuits = 0;
+        c.circuits.max_reservations = 0;
+    })
+    .await;
     let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
+    a.unreachable = true;
+    b.unreachable = true;
     a.start(&[]);
     b.start(&[]);
     a.write("live.txt", b"through the relay, while both are up");
@@ -141,10 +149,69 @@ async fn devices_that_cannot_reach_each_other_sync_live_through_the_relay() {
     relay.stop().await;
 }
 
+/// The peers of a running device, as `weft status` shows them: (id, connection).
+fn peers(d: &Device) -> Vec<(String, String)> {
+    match d.status() {
+        weft_node::control::ControlResponse::Status { peers, .. } => {
+            peers.into_iter().map(|p| (p.id, p.connection)).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_find_each_other_at_the_relay_and_connect_directly_or_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay")).await;
+    let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
+    // On new ports, neither knows where the other is: the rendezvous point tells them.
+    a.start(&[]);
+    b.start(&[]);
+    eventually(
+        "a and b find each other at the rendezvous point",
+        WAIT,
+        || peers(&a).len() == 1 && peers(&b).len() == 1,
+    )
+    .await;
+    assert_eq!(peers(&b)[0].1, "direct", "{:?}", peers(&b));
+    a.stop().await;
+    b.stop().await;
+
+    // Both listen nowhere: each is reachable only through its reservation at the
+    // relay. They find each other's circuit addresses at the rendezvous point and
+    // connect through the relay (hole punching has nothing to dial here).
+    a.unreachable = true;
+    b.unreachable = true;
+    a.start(&[]);
+    b.start(&[]);
+    eventually("a and b reach each other through the relay", WAIT, || {
+        peers(&a).len() == 1 && peers(&b).len() == 1
+    })
+    .await;
+    assert_eq!(
+        peers(&a)[0].1,
+        "relayed",
+        "{:?} {:?}",
+        a.status(),
+        b.status()
+    );
+    // The log travels over the circuit; the chunks through the relay's storage.
+    let big: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
+        .collect();
+    a.write("through-the-relay.bin", &big);
+    let s = converge(&[&a, &b], WAIT).await;
+    assert_eq!(s["through-the-relay.bin"], Some((big, false)));
+    assert_eq!(peers(&a)[0].1, "relayed", "{:?}", peers(&a));
+    a.stop().await;
+    b.stop().await;
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_never_sees_a_name_or_a_byte_of_content() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(&tmp.path().join("relay"), None).await;
+    let mut relay = Relay::start(&tmp.path().join("relay")).await;
     let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
     online_alone(
         &mut a,
