@@ -92,10 +92,14 @@ enum Cmd {
     },
     /// Print a one-time pairing code for a new device (needs `weft up` running).
     Invite,
-    /// Pair this device with another device of yours, using a code from `weft invite`.
+    /// Pair this device with another device of yours, using a code from `weft invite`;
+    /// or, with your recovery key and --relay, set it up from a relay alone.
     Join {
-        /// The pairing code.
+        /// The pairing code, or the recovery key (`weft-recovery-...`).
         code: String,
+        /// With a recovery key: the relay that backs up your folders.
+        #[arg(long)]
+        relay: Option<String>,
         /// Where to put the folders (default: the current directory).
         #[arg(long)]
         path: Option<PathBuf>,
@@ -105,6 +109,9 @@ enum Cmd {
     },
     /// Show connected devices and each folder's sync state (needs `weft up` running).
     Status,
+    /// Show the recovery key: with it and a relay, a new device gets every folder back
+    /// after all your devices are lost. Whoever has it can read your folders.
+    RecoveryKey,
     /// List conflict copies.
     Conflicts,
     /// Relays: back this device's folders up to one and sync through it (add, list,
@@ -276,6 +283,12 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("device id: {}", id.device_id());
                 println!("person id: {}", id.person_id());
                 println!("name:      {}", id.name());
+                if created {
+                    println!(
+                        "recovery key (write it down and keep it secret: with it and a relay, a new device gets your folders back; `weft recovery-key` shows it again):"
+                    );
+                    println!("  {}", weft_crypto::recovery::encode(&id.person));
+                }
             }
             // Create the database now so `init` leaves a complete home.
             open(&home)?;
@@ -589,7 +602,25 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{code}");
             }
         }
-        Cmd::Join { code, path, name } => {
+        Cmd::RecoveryKey => {
+            let id = home.load_identity()?;
+            let key = weft_crypto::recovery::encode(&id.person);
+            if json {
+                print_json(&serde_json::json!({ "recovery_key": key }))?;
+            } else {
+                println!(
+                    "Keep this secret and safe (on paper): whoever has it can read your folders."
+                );
+                println!("With it and a relay: weft join RECOVERY-KEY --relay RELAY-ADDR");
+                println!("{key}");
+            }
+        }
+        Cmd::Join {
+            code,
+            relay,
+            path,
+            name,
+        } => {
             if node_running(&home) {
                 bail!(
                     "this device's node is running ({}): a device that syncs already cannot join another person's devices; use a fresh --home",
@@ -605,13 +636,27 @@ fn run(cli: Cli) -> Result<i32> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let joined = rt.block_on(weft_node::join::join(&home, &code, &dir, &name))?;
+            let recovering = weft_crypto::recovery::is_recovery_key(&code);
+            let joined = if recovering {
+                let Some(relay) = relay else {
+                    bail!(
+                        "recovering with a recovery key needs the relay that backs up your folders: --relay ADDR"
+                    );
+                };
+                rt.block_on(weft_node::recover::recover(
+                    &home, &code, &relay, &dir, &name,
+                ))?
+            } else {
+                rt.block_on(weft_node::join::join(&home, &code, &dir, &name))?
+            };
             if json {
                 print_json(&joined)?;
             } else {
                 println!(
-                    "Paired: this device ({}) is now one of person {}.",
-                    joined.device, joined.person
+                    "{}: this device ({}) is now one of person {}.",
+                    if recovering { "Recovered" } else { "Paired" },
+                    joined.device,
+                    joined.person
                 );
                 for (name, path) in &joined.folders {
                     println!("  folder {name:?} at {}", path.display());

@@ -11,6 +11,7 @@
 //!   sealing of log-entry bodies under the metadata key.
 //! - [`chunk`]: convergent chunk keys, chunk sealing, chunk ids.
 //! - [`wrap`]: sealing a secret to a person's X25519 key (for sharing and pairing).
+//! - [`recovery`]: the person key as a recovery key a person can write down.
 //! - [`hash`]: the 32-byte BLAKE3 digest type used everywhere.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@ mod error;
 pub mod folder;
 pub mod hash;
 pub mod identity;
+pub mod recovery;
 pub mod wrap;
 
 pub use chunk::{ChunkId, ChunkKey, SealedChunk};

@@ -107,13 +107,14 @@ pub async fn join(home: &Home, code: &str, dir: &Path, name: &str) -> Result<Joi
             "the inviting device did not answer (is `weft up` running there?)".into(),
         )
     })??;
-    let (person_seed, cert, folders, devices) = match welcome {
+    let (person_seed, cert, folders, devices, relays) = match welcome {
         PairResponse::Welcome {
             person_seed,
             cert,
             folders,
             devices,
-        } => (person_seed, cert, folders, devices),
+            relays,
+        } => (person_seed, cert, folders, devices, relays),
         PairResponse::Refused { reason } => {
             return Err(NodeError::Pairing(format!(
                 "refused by the inviting device: {reason}"
@@ -140,6 +141,12 @@ pub async fn join(home: &Home, code: &str, dir: &Path, name: &str) -> Result<Joi
         }
     }
     store.remember_addrs(&inv.device, &inv.addrs)?;
+    // The person's relays: this device backs up to them too.
+    for r in relays.iter().take(16) {
+        if r.parse::<Multiaddr>().is_ok() {
+            store.add_relay(r)?;
+        }
+    }
     let mut set_up = Vec::new();
     for f in folders {
         let root = dir.join(&f.name);

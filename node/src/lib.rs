@@ -15,6 +15,7 @@ pub mod join;
 pub mod node;
 pub mod pairing;
 pub mod protocol;
+pub mod recover;
 pub mod upload;
 pub mod watch;
 

@@ -1401,6 +1401,7 @@ fn handle_pair(st: &mut State, peer: PeerId, req: PairRequest) -> PairResponse {
         cert: cert.to_bytes(),
         folders,
         devices,
+        relays: store.relays().unwrap_or_default(),
     }
 }
 

@@ -183,6 +183,17 @@ pub enum StoreRequest {
     },
     /// The folders of the sender's person that the relay stores.
     Folders,
+    /// Stores the sender's person's envelope of a folder's keys (sealed to the
+    /// person's key with [`weft_crypto::wrap`]; the relay cannot open it).
+    PutKey {
+        /// The folder.
+        folder: FolderId,
+        /// The envelope.
+        #[serde(with = "serde_bytes")]
+        envelope: Vec<u8>,
+    },
+    /// The sender's person's key envelopes (a device recovering with the recovery key).
+    Keys,
     /// Never on the wire: an unreadable request (see [`SyncRequest::Malformed`]).
     #[serde(skip)]
     Malformed(String),
@@ -212,6 +223,13 @@ pub enum StoreResponse {
     Folders {
         /// The folders.
         folders: Vec<FolderId>,
+    },
+    /// Answers `PutKey`.
+    KeyStored,
+    /// Answers `Keys`: per folder, the envelope.
+    Keys {
+        /// The envelopes.
+        keys: Vec<(FolderId, serde_bytes::ByteBuf)>,
     },
     /// Refused, with the reason (over quota, not allowed, a bad entry...).
     Refused {
@@ -269,6 +287,8 @@ pub enum PairResponse {
         folders: Vec<SharedFolder>,
         /// Certificates of the person's other devices.
         devices: Vec<Vec<u8>>,
+        /// The relays the person's devices back up to.
+        relays: Vec<String>,
     },
     /// Refused.
     Refused {

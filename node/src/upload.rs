@@ -132,9 +132,58 @@ async fn pass(
         blocking(move || Ok(s.store.folders()?)).await?
     };
     for folder in folders {
+        // The folder's keys, sealed to this person's key: what a device recovering
+        // with the recovery key gets them back from.
+        let envelope = key_envelope(shared, &folder)?;
+        match ask(
+            cmds,
+            relay,
+            StoreRequest::PutKey {
+                folder: folder.id,
+                envelope,
+            },
+        )
+        .await?
+        {
+            StoreResponse::KeyStored => {}
+            r => return Err(unexpected(r)),
+        }
         upload_folder(shared, cmds, relay, folder).await?;
     }
     Ok(())
+}
+
+/// What the key envelope of a folder is sealed for.
+pub const KEY_ENVELOPE_PURPOSE: &str = "folder-keys";
+
+/// A folder's id, name, secret and owner, sealed to this device's person's key.
+fn key_envelope(shared: &Shared, folder: &FolderRecord) -> Result<Vec<u8>, NodeError> {
+    let person = shared.store.identity().person.public();
+    let plain = postcard::to_stdvec(&weft_store::sync::SharedFolder::from(folder))
+        .map_err(|e| NodeError::Network(e.to_string()))?;
+    let wrapped = weft_crypto::wrap::wrap(&person, KEY_ENVELOPE_PURPOSE, &folder.id.0, &plain)
+        .map_err(weft_store::StoreError::from)?;
+    postcard::to_stdvec(&wrapped).map_err(|e| NodeError::Network(e.to_string()))
+}
+
+/// Opens a key envelope of `folder` with the person key.
+pub fn open_key_envelope(
+    person: &weft_crypto::SecretKey,
+    folder: &weft_crypto::FolderId,
+    envelope: &[u8],
+) -> Result<weft_store::sync::SharedFolder, NodeError> {
+    let bad =
+        |reason: String| NodeError::Refused(format!("a key envelope from the relay: {reason}"));
+    let wrapped: weft_crypto::wrap::WrappedKey =
+        postcard::from_bytes(envelope).map_err(|e| bad(e.to_string()))?;
+    let plain = weft_crypto::wrap::unwrap(person, KEY_ENVELOPE_PURPOSE, &folder.0, &wrapped)
+        .map_err(|e| bad(e.to_string()))?;
+    let shared: weft_store::sync::SharedFolder =
+        postcard::from_bytes(&plain).map_err(|e| bad(e.to_string()))?;
+    if shared.id != *folder {
+        return Err(bad("it is for another folder".into()));
+    }
+    Ok(shared)
 }
 
 async fn upload_folder(

@@ -622,7 +622,19 @@ fn store_request(
                     None,
                 );
             }
-            match registered().and_then(|()| store.missing_chunks(&folder, &ids)) {
+            // Only a member learns what a folder holds; to anyone else (and for a
+            // folder not claimed yet) everything is missing.
+            let r = registered().and_then(|()| {
+                if store.may_read(&dev, &folder)? {
+                    store.missing_chunks(&folder, &ids)
+                } else {
+                    let mut ids = ids;
+                    ids.sort();
+                    ids.dedup();
+                    Ok(ids)
+                }
+            });
+            match r {
                 Ok(ids) => (StoreResponse::Missing { ids }, None),
                 Err(e) => (refused(e), None),
             }
@@ -648,6 +660,34 @@ fn store_request(
                 });
             match r {
                 Ok(folders) => (StoreResponse::Folders { folders }, None),
+                Err(e) => (refused(e), None),
+            }
+        }
+        StoreRequest::PutKey { folder, envelope } => {
+            metrics.request("put_key");
+            match registered().and_then(|()| store.put_key(&dev, &folder, &envelope)) {
+                Ok(()) => (StoreResponse::KeyStored, None),
+                Err(e) => (refused(e), None),
+            }
+        }
+        StoreRequest::Keys => {
+            metrics.request("keys");
+            let r = registered()
+                .and_then(|()| store.person_of(&dev))
+                .and_then(|p| match p {
+                    Some(p) => store.keys_of(&p),
+                    None => Ok(Vec::new()),
+                });
+            match r {
+                Ok(keys) => (
+                    StoreResponse::Keys {
+                        keys: keys
+                            .into_iter()
+                            .map(|(f, e)| (f, serde_bytes::ByteBuf::from(e)))
+                            .collect(),
+                    },
+                    None,
+                ),
                 Err(e) => (refused(e), None),
             }
         }

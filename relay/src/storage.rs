@@ -123,6 +123,12 @@ const TIPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tips-1");
 const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs-1");
 const FOLDER_CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("folder-chunks-1");
 const CHUNK_FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk-folders-1");
+/// `folder (16) ‖ person (32) → envelope`: the folder's keys wrapped to that person's
+/// key (opaque here), for a person recovering on a new device.
+const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys-1");
+
+/// Largest key envelope a person may store per folder.
+pub const MAX_KEY_ENVELOPE: usize = 4096;
 
 /// Errors of the relay's storage. Refusals carry a short, stable reason label for
 /// metrics (see [`RelayError::reason`]).
@@ -510,6 +516,7 @@ impl RelayStore {
                 BLOBS,
                 FOLDER_CHUNKS,
                 CHUNK_FOLDERS,
+                KEYS,
             ] {
                 txn.open_table(t)?;
             }
@@ -1169,6 +1176,49 @@ impl RelayStore {
             }
         };
         self.read_blob(id, len)
+    }
+
+    /// Stores the uploader's person's envelope of `folder`'s keys (sealed to that
+    /// person's key: the relay cannot open it), replacing an earlier one. Any member
+    /// may store its own; an unclaimed folder is claimed, as by any first upload.
+    pub fn put_key(
+        &self,
+        uploader: &DeviceId,
+        folder: &FolderId,
+        envelope: &[u8],
+    ) -> Result<(), RelayError> {
+        if envelope.len() > MAX_KEY_ENVELOPE {
+            return Err(RelayError::TooLarge(format!(
+                "a key envelope of {} bytes (at most {MAX_KEY_ENVELOPE})",
+                envelope.len()
+            )));
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let person = Self::registered(&txn, uploader)?;
+            let member = role_in(&txn.open_table(MEMBERS)?, folder, &person)?.is_some();
+            if !member {
+                // Claims the folder if nobody has; refuses a stranger's folder.
+                Self::folder_for_write(&txn, &person, folder)?;
+            }
+            txn.open_table(KEYS)?
+                .insert(key_member(folder, &person).as_slice(), envelope)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The key envelopes `person` stored: one per folder.
+    pub fn keys_of(&self, person: &PersonId) -> Result<Vec<(FolderId, Vec<u8>)>, RelayError> {
+        let r = self.db.begin_read()?;
+        let keys = r.open_table(KEYS)?;
+        let mut out = Vec::new();
+        for folder in self.folders_of(person)? {
+            if let Some(v) = keys.get(key_member(&folder, person).as_slice())? {
+                out.push((folder, v.value().to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `reader`'s person may read `folder`.

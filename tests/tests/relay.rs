@@ -271,3 +271,158 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `GET /metrics` from the relay's HTTP address.
+fn metrics(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of one metric line (`name{labels} value`), 0 if absent.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_quota_is_refused_clearly_and_stored_data_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut relay = Relay::start_with(&tmp.path().join("relay"), |c| {
+        c.quota_per_person = Some(1 << 20);
+        c.http = Some(http);
+    })
+    .await;
+    let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
+    a.start(&[]);
+    a.write("small.txt", b"fits in the quota");
+    a.wait_backed_up(0, WAIT).await;
+    let before = metrics(http);
+    assert_eq!(metric(&before, "weft_relay_persons"), 1, "{before}");
+    assert_eq!(metric(&before, "weft_relay_folders"), 1, "{before}");
+    assert!(metric(&before, "weft_relay_entries") >= 1, "{before}");
+    let stored = metric(&before, "weft_relay_stored_bytes");
+    assert!(stored > 0, "{before}");
+
+    // 3 MB of incompressible bytes do not fit in 1 MiB: refused, with the reason on
+    // the device, counted at the relay, and nothing already stored is touched.
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2246822519) >> 11) as u8)
+        .collect();
+    a.write("big.bin", &big);
+    eventually("a reports the refusal", WAIT, || {
+        a.relays().iter().any(|r| {
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("over quota"))
+        })
+    })
+    .await;
+    let after = metrics(http);
+    assert!(
+        metric(&after, "weft_relay_rejections_total{reason=\"over_quota\"}") >= 1,
+        "{after}"
+    );
+    assert_eq!(metric(&after, "weft_relay_stored_bytes"), stored, "{after}");
+    assert!(
+        metric(&after, "weft_relay_requests_total{kind=\"put_chunks\"}") >= 1,
+        "{after}"
+    );
+    a.stop().await;
+
+    // B, never online with A, gets what the relay kept.
+    b.start(&[]);
+    eventually("b receives the file that fit", WAIT, || {
+        b.path("small.txt").exists()
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(b.path("small.txt")).unwrap(),
+        b"fits in the quota"
+    );
+    assert!(!b.path("big.bin").exists());
+    b.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_losing_every_device_the_recovery_key_and_the_relay_bring_it_all_back() {
+    use weft_node::control::{ControlRequest, ControlResponse, request};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay")).await;
+    let mut a = Device::new(tmp.path(), "a");
+    a.create_folder();
+    a.add_relay(&relay.addr);
+    a.start(&[]);
+    // Two versions of a file (the first is an edit away), and another file.
+    a.write("report.txt", b"first draft");
+    a.wait_backed_up(0, WAIT).await;
+    let n = a.uploaded();
+    a.write("report.txt", b"final version");
+    a.write("photos/cat.jpg", &vec![7u8; 300_000]);
+    a.wait_backed_up(n, WAIT).await;
+    a.stop().await;
+    let want = snapshot(&a.root);
+    let key = weft_crypto::recovery::encode(&a.home.load_identity().unwrap().person);
+
+    // The only device is wiped.
+    std::fs::remove_dir_all(a.home.root()).unwrap();
+    std::fs::remove_dir_all(&a.root).unwrap();
+
+    // A wrong key is refused and writes nothing.
+    let mut c = Device::new(tmp.path(), "c");
+    let parent = tmp.path().join("c-parent");
+    let wrong = weft_crypto::recovery::encode(&weft_crypto::SecretKey::generate());
+    let e = weft_node::recover::recover(&c.home, &wrong, &relay.addr, &parent, "c")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no folder"), "{e}");
+    assert!(!c.home.is_initialized(), "a refused recovery wrote a home");
+
+    // The recovery key and the relay alone: every folder, file and version.
+    let got = weft_node::recover::recover(&c.home, &key, &relay.addr, &parent, "c")
+        .await
+        .unwrap();
+    assert_eq!(got.folders.len(), 1);
+    c.root = got.folders[0].1.clone();
+    c.start(&[]);
+    eventually("c gets every file back from the relay", WAIT, || {
+        snapshot(&c.root) == want
+    })
+    .await;
+    let path = c.path("report.txt").to_string_lossy().into_owned();
+    let ControlResponse::History { items } =
+        request(&c.home, &ControlRequest::History { path: path.clone() }).unwrap()
+    else {
+        panic!("no history");
+    };
+    let items = items.as_array().unwrap().clone();
+    assert_eq!(items.len(), 2, "{items:?}");
+    let first = items
+        .iter()
+        .find(|i| i["current"] == false)
+        .expect("the old version is listed");
+    let to = tmp.path().join("restored.txt");
+    let r = request(
+        &c.home,
+        &ControlRequest::Restore {
+            path,
+            version: first["number"].as_u64().unwrap(),
+            to: Some(to.to_string_lossy().into_owned()),
+        },
+    )
+    .unwrap();
+    assert!(matches!(r, ControlResponse::Restored { .. }), "{r:?}");
+    assert_eq!(std::fs::read(&to).unwrap(), b"first draft");
+    c.stop().await;
+    relay.stop().await;
+}
