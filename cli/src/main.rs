@@ -137,6 +137,19 @@ enum RelayCmd {
         /// Bytes each person may store (suffixes K, M, G, T: powers of 1024).
         #[arg(long, value_parser = parse_bytes)]
         quota_per_person: Option<u64>,
+        /// Days superseded and deleted versions are kept.
+        #[arg(long, default_value_t = weft_relay::server::DEFAULT_RETENTION_DAYS)]
+        retention_days: u32,
+    },
+    /// On a stopped relay: forget versions older than the retention period that no
+    /// device still needs, and remove unreferenced blobs.
+    Gc {
+        /// The relay's data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Days superseded and deleted versions are kept.
+        #[arg(long, default_value_t = weft_relay::server::DEFAULT_RETENTION_DAYS)]
+        retention_days: u32,
     },
     /// Back up to a relay and sync through it (ADDR as `weft relay serve` prints it,
     /// ending in /p2p/<id>).
@@ -789,11 +802,45 @@ fn relay_line(r: &weft_node::upload::RelayStatus) -> String {
 
 fn relay(home: &Home, cmd: RelayCmd, json: bool) -> Result<i32> {
     match cmd {
+        RelayCmd::Gc {
+            data,
+            retention_days,
+        } => {
+            if !data.join("relay.redb").exists() {
+                bail!("{} holds no relay (no relay.redb)", data.display());
+            }
+            let store = weft_relay::storage::RelayStore::open(
+                &data,
+                weft_relay::storage::StorageConfig::default(),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot open the relay in {} (stop it first)",
+                    data.display()
+                )
+            })?;
+            let g = weft_relay::server::collect_garbage(&store, retention_days)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "chunks_forgotten": g.chunks, "bytes_forgotten": g.bytes,
+                    "files_removed": g.files, "bytes_freed": g.file_bytes,
+                }))?;
+            } else {
+                println!(
+                    "forgot {} chunks ({}) no retained version needs; removed {} files, freed {}",
+                    g.chunks,
+                    human_bytes(g.bytes),
+                    g.files,
+                    human_bytes(g.file_bytes)
+                );
+            }
+        }
         RelayCmd::Serve {
             data,
             listen,
             http,
             quota_per_person,
+            retention_days,
         } => {
             let mut cfg = weft_relay::server::ServeConfig::new(data);
             cfg.listen = listen
@@ -803,6 +850,7 @@ fn relay(home: &Home, cmd: RelayCmd, json: bool) -> Result<i32> {
                 .context("bad --listen address")?;
             cfg.http = http;
             cfg.quota_per_person = quota_per_person;
+            cfg.retention_days = retention_days;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -194,6 +194,15 @@ pub enum StoreRequest {
     },
     /// The sender's person's key envelopes (a device recovering with the recovery key).
     Keys,
+    /// The chunks of `folder` that its retained versions still need (under the
+    /// relay's retention, which `Registered` tells): the relay forgets the others once
+    /// they have been unneeded for its retention period.
+    Live {
+        /// The folder.
+        folder: FolderId,
+        /// The chunks, at most [`MAX_LIVE_IDS`].
+        ids: Vec<ChunkId>,
+    },
     /// Never on the wire: an unreadable request (see [`SyncRequest::Malformed`]).
     #[serde(skip)]
     Malformed(String),
@@ -203,7 +212,10 @@ pub enum StoreRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreResponse {
     /// The device is registered.
-    Registered,
+    Registered {
+        /// How long the relay keeps versions that are superseded or deleted.
+        retention_days: u32,
+    },
     /// Answers `Tips`.
     Tips {
         /// Per author, the last stored sequence number.
@@ -238,6 +250,8 @@ pub enum StoreResponse {
     },
 }
 
+/// Most chunk ids one `Live` report may carry (it fits in [`MAX_STORE_MESSAGE`]).
+pub const MAX_LIVE_IDS: usize = 350_000;
 /// Most chunk ids one `Missing` request may carry.
 pub const MAX_STORE_IDS: usize = 4096;
 /// Largest `/weft/store/1` message: a batch of entries (≤ 4 MiB, one entry ≤ 8 MiB)

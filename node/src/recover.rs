@@ -79,7 +79,7 @@ pub async fn recover(
     })
     .await?
     {
-        StoreResponse::Registered => {}
+        StoreResponse::Registered { .. } => {}
         r => return Err(fail(format!("unexpected answer from the relay: {r:?}"))),
     }
     let keys = match ask(StoreRequest::Keys).await? {

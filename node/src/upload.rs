@@ -11,7 +11,7 @@
 //!
 //! Memory: one batch of entries (≤ 4 MiB) and one batch of chunks (≈ 1 MiB) at a time.
 use crate::node::Cmd;
-use crate::protocol::{MAX_BATCH_BYTES, MAX_STORE_IDS, StoreRequest, StoreResponse};
+use crate::protocol::{MAX_BATCH_BYTES, MAX_LIVE_IDS, MAX_STORE_IDS, StoreRequest, StoreResponse};
 use crate::{NodeError, Shared};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -94,9 +94,10 @@ pub(crate) async fn uploader(
     relay: PeerId,
     kick: Arc<Notify>,
 ) {
+    let mut live_sent = HashMap::new();
     loop {
         set(&shared, &relay, |s| s.state = "uploading".into());
-        match pass(&shared, &cmds, relay).await {
+        match pass(&shared, &cmds, relay, &mut live_sent).await {
             Ok(()) => set(&shared, &relay, |s| {
                 s.state = "in sync".into();
                 s.last_error = None;
@@ -121,12 +122,13 @@ async fn pass(
     shared: &Arc<Shared>,
     cmds: &mpsc::Sender<Cmd>,
     relay: PeerId,
+    live_sent: &mut HashMap<weft_crypto::FolderId, std::time::Instant>,
 ) -> Result<(), NodeError> {
     let cert = shared.store.identity().cert.to_bytes();
-    match ask(cmds, relay, StoreRequest::Register { cert }).await? {
-        StoreResponse::Registered => {}
+    let retention_days = match ask(cmds, relay, StoreRequest::Register { cert }).await? {
+        StoreResponse::Registered { retention_days } => retention_days,
         r => return Err(unexpected(r)),
-    }
+    };
     let folders = {
         let s = shared.clone();
         blocking(move || Ok(s.store.folders()?)).await?
@@ -148,9 +150,56 @@ async fn pass(
             StoreResponse::KeyStored => {}
             r => return Err(unexpected(r)),
         }
-        upload_folder(shared, cmds, relay, folder).await?;
+        upload_folder(shared, cmds, relay, folder.clone()).await?;
+        let due = live_sent
+            .get(&folder.id)
+            .is_none_or(|t| t.elapsed() >= LIVE_EVERY);
+        if due {
+            report_live(shared, cmds, relay, &folder, retention_days).await?;
+            live_sent.insert(folder.id, std::time::Instant::now());
+        }
     }
     Ok(())
+}
+
+/// How often a device tells a relay which chunks its retained versions still need.
+const LIVE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Tells the relay which of `folder`'s chunks the versions it must keep (under its
+/// retention) reference, so it can forget the rest in time. A folder with more chunks
+/// than one report holds is not reported (the relay then keeps everything of it).
+async fn report_live(
+    shared: &Arc<Shared>,
+    cmds: &mpsc::Sender<Cmd>,
+    relay: PeerId,
+    folder: &FolderRecord,
+    retention_days: u32,
+) -> Result<(), NodeError> {
+    let ids = {
+        let (s, f) = (shared.clone(), folder.id);
+        blocking(move || {
+            Ok(s.store
+                .retained_chunks(&f, weft_store::store::now_ms(), retention_days)?)
+        })
+        .await?
+    };
+    if ids.len() > MAX_LIVE_IDS {
+        warn!(folder = %folder.name, "too many chunks ({}) to tell the relay which it may forget; it keeps them all", ids.len());
+        return Ok(());
+    }
+    match ask(
+        cmds,
+        relay,
+        StoreRequest::Live {
+            folder: folder.id,
+            ids,
+        },
+    )
+    .await?
+    {
+        StoreResponse::Stored { .. } => Ok(()),
+        r => Err(unexpected(r)),
+    }
 }
 
 /// What the key envelope of a folder is sealed for.

@@ -56,6 +56,43 @@ pub struct ServeConfig {
     pub quota_per_person: Option<u64>,
     /// Circuit relay limits.
     pub circuits: CircuitLimits,
+    /// Days superseded and deleted versions are kept.
+    pub retention_days: u32,
+}
+
+/// How long a relay keeps superseded and deleted versions unless told otherwise.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+/// How often a running relay collects garbage.
+const GC_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// What [`collect_garbage`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Chunks no retained version needs any more, forgotten.
+    pub chunks: u64,
+    /// Their bytes (no longer charged to anyone).
+    pub bytes: u64,
+    /// Blob and temporary files removed.
+    pub files: u64,
+    /// Bytes of those files.
+    pub file_bytes: u64,
+}
+
+/// Applies the retention policy ([`RelayStore::expire`]) and removes unreferenced
+/// files ([`RelayStore::gc`]): what `weft relay gc` and a running relay do.
+pub fn collect_garbage(store: &RelayStore, retention_days: u32) -> Result<Collected, RelayError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let (chunks, bytes) = store.expire(now, retention_days)?;
+    let (files, file_bytes) = store.gc()?;
+    Ok(Collected {
+        chunks,
+        bytes,
+        files,
+        file_bytes,
+    })
 }
 
 /// Limits on what any libp2p peer may use the relay for (reservations and circuits).
@@ -92,6 +129,7 @@ impl ServeConfig {
             http: None,
             quota_per_person: None,
             circuits: CircuitLimits::default(),
+            retention_days: DEFAULT_RETENTION_DAYS,
         }
     }
 }
@@ -204,6 +242,7 @@ struct State {
     metrics: Arc<Metrics>,
     done_tx: mpsc::UnboundedSender<Done>,
     connected: HashMap<PeerId, usize>,
+    retention_days: u32,
 }
 
 /// The relay's own key: `relay.key` in the data directory (created on first start,
@@ -365,7 +404,29 @@ pub async fn serve(
         metrics,
         done_tx,
         connected: HashMap::new(),
+        retention_days: cfg.retention_days,
     };
+    // Retention: forget what no retained version needs any more, then remove the
+    // blobs nothing references; now and every few hours.
+    {
+        let (store, days) = (st.store.clone(), cfg.retention_days);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(GC_EVERY);
+            loop {
+                every.tick().await;
+                let store = store.clone();
+                let r = tokio::task::spawn_blocking(move || collect_garbage(&store, days)).await;
+                match r {
+                    Ok(Ok(g)) if g.chunks > 0 || g.files > 0 => info!(
+                        "retention: forgot {} chunks ({} bytes), removed {} files",
+                        g.chunks, g.bytes, g.files
+                    ),
+                    Ok(Err(e)) => warn!("retention: {e}"),
+                    _ => {}
+                }
+            }
+        });
+    }
     // Wait for the listen addresses, then announce them.
     let local = *st.swarm.local_peer_id();
     let mut ready = Some(ready);
@@ -511,8 +572,9 @@ fn on_store(
     channel: ResponseChannel<StoreResponse>,
 ) {
     let (store, metrics, done) = (st.store.clone(), st.metrics.clone(), st.done_tx.clone());
+    let retention = st.retention_days;
     tokio::task::spawn_blocking(move || {
-        let (resp, stored) = store_request(&store, &metrics, peer, req);
+        let (resp, stored) = store_request(&store, &metrics, retention, peer, req);
         if let Some(folder) = stored {
             let _ = done.send(Done::Stored(folder, peer));
         }
@@ -525,6 +587,7 @@ fn on_store(
 fn store_request(
     store: &RelayStore,
     metrics: &Metrics,
+    retention_days: u32,
     peer: PeerId,
     req: StoreRequest,
 ) -> (StoreResponse, Option<FolderId>) {
@@ -559,7 +622,7 @@ fn store_request(
                 Ok(_) => match store.register(&cert) {
                     Ok(person) => {
                         info!(peer = %peer, person = %person, "device registered");
-                        (StoreResponse::Registered, None)
+                        (StoreResponse::Registered { retention_days }, None)
                     }
                     Err(e) => (refused(e), None),
                 },
@@ -670,6 +733,17 @@ fn store_request(
                 Err(e) => (refused(e), None),
             }
         }
+        StoreRequest::Live { folder, ids } => {
+            metrics.request("live");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            match registered().and_then(|()| store.report_live(&dev, &folder, &ids, now)) {
+                Ok(n) => (StoreResponse::Stored { count: n as u64 }, None),
+                Err(e) => (refused(e), None),
+            }
+        }
         StoreRequest::Keys => {
             metrics.request("keys");
             let r = registered()
@@ -725,6 +799,14 @@ fn sync_request(
         SyncRequest::Pull { folder, have } => {
             metrics.request("pull");
             let r = (|| {
+                if !store.may_read(&dev, &folder)? && !store.claimed(&folder)? {
+                    // Nothing stored yet: nothing to give (not a refusal).
+                    return Ok(SyncResponse::Entries {
+                        entries: Vec::new(),
+                        more: false,
+                        certs: Vec::new(),
+                    });
+                }
                 if !store.may_read(&dev, &folder)? {
                     return Err(RelayError::NotAllowed {
                         folder: folder.to_string(),

@@ -126,6 +126,19 @@ const CHUNK_FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk
 /// `folder (16) ‖ person (32) → envelope`: the folder's keys wrapped to that person's
 /// key (opaque here), for a person recovering on a new device.
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys-1");
+/// `folder (16) → Unix ms`: when a device of the folder last said which chunks its
+/// retained versions still need (see [`RelayStore::report_live`]).
+const LIVE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("live-1");
+
+/// Most chunk ids one live report may name.
+pub const MAX_LIVE_IDS: usize = 350_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Largest key envelope a person may store per folder.
 pub const MAX_KEY_ENVELOPE: usize = 4096;
@@ -517,6 +530,7 @@ impl RelayStore {
                 FOLDER_CHUNKS,
                 CHUNK_FOLDERS,
                 KEYS,
+                LIVE,
             ] {
                 txn.open_table(t)?;
             }
@@ -1056,7 +1070,11 @@ impl RelayStore {
                 if blobs.get(c.as_slice())?.is_none() {
                     blobs.insert(c.as_slice(), (bytes.len() as u64).to_le_bytes().as_slice())?;
                 }
-                by_folder.insert(key2(&folder.0, c).as_slice(), [].as_slice())?;
+                // When the chunk was last known to be needed: now.
+                by_folder.insert(
+                    key2(&folder.0, c).as_slice(),
+                    now_ms().to_le_bytes().as_slice(),
+                )?;
                 by_chunk.insert(key2(c, &folder.0).as_slice(), [].as_slice())?;
             }
         }
@@ -1219,6 +1237,141 @@ impl RelayStore {
             }
         }
         Ok(out)
+    }
+
+    /// Records which of `folder`'s chunks are still needed, as a device of a person
+    /// with write rights computed them from the log it can read (the relay cannot): the
+    /// chunks of current versions and of versions superseded or deleted within the
+    /// retention period. They count as needed as of `now_ms`; a chunk a later report
+    /// leaves out becomes garbage once the retention period has passed since it was
+    /// last needed (see [`RelayStore::expire`]). Returns how many stored chunks it named.
+    pub fn report_live(
+        &self,
+        uploader: &DeviceId,
+        folder: &FolderId,
+        ids: &[ChunkId],
+        now_ms: u64,
+    ) -> Result<usize, RelayError> {
+        if ids.len() > MAX_LIVE_IDS {
+            return Err(RelayError::TooLarge(format!(
+                "a live report of {} chunks (at most {MAX_LIVE_IDS})",
+                ids.len()
+            )));
+        }
+        let txn = self.db.begin_write()?;
+        let mut named = 0;
+        {
+            let person = Self::registered(&txn, uploader)?;
+            match role_in(&txn.open_table(MEMBERS)?, folder, &person)? {
+                Some(role) if role_writes(role) => {}
+                _ => {
+                    return Err(not_allowed(
+                        folder,
+                        "only a member with write rights says what a folder still needs".into(),
+                    ));
+                }
+            }
+            let mut t = txn.open_table(FOLDER_CHUNKS)?;
+            for id in ids {
+                let k = key2(&folder.0, chunk_bytes(id));
+                if t.get(k.as_slice())?.is_some() {
+                    t.insert(k.as_slice(), now_ms.to_le_bytes().as_slice())?;
+                    named += 1;
+                }
+            }
+            txn.open_table(LIVE)?
+                .insert(folder.0.as_slice(), now_ms.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(named)
+    }
+
+    /// Forgets the chunks of folders with a live report that the latest report left
+    /// out and that nothing has needed for `retention_days`: their records go, their
+    /// bytes are no longer charged, and a blob no folder holds any more becomes
+    /// garbage for [`RelayStore::gc`]. Folders without a report keep everything. Log
+    /// entries are kept (they are small, and a device needs the whole chain).
+    /// Returns (chunks forgotten, bytes no longer charged).
+    pub fn expire(&self, now_ms: u64, retention_days: u32) -> Result<(u64, u64), RelayError> {
+        let retention = u64::from(retention_days) * 86_400_000;
+        let _exclusive = self
+            .blob_lock
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let txn = self.db.begin_write()?;
+        let mut out = (0u64, 0u64);
+        {
+            let mut reports = Vec::new();
+            for item in txn.open_table(LIVE)?.iter()? {
+                let (k, v) = item?;
+                reports.push((key_16(k.value(), 0)?, u64_value("live report", v.value())?));
+            }
+            let mut by_folder = txn.open_table(FOLDER_CHUNKS)?;
+            let mut by_chunk = txn.open_table(CHUNK_FOLDERS)?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut folders = txn.open_table(FOLDERS)?;
+            let mut usage = txn.open_table(USAGE)?;
+            for (f, reported) in reports {
+                let folder = FolderId(f);
+                let mut dead = Vec::new();
+                scan_prefix(&by_folder, &folder.0, |k, v| {
+                    let needed = match <[u8; 8]>::try_from(v) {
+                        Ok(b) => u64::from_le_bytes(b),
+                        Err(_) => return Ok(true),
+                    };
+                    if needed < reported && now_ms.saturating_sub(needed) >= retention {
+                        dead.push(key_32(k, 16)?);
+                    }
+                    Ok(true)
+                })?;
+                if dead.is_empty() {
+                    continue;
+                }
+                let Some(mut rec) = folders
+                    .get(folder.0.as_slice())?
+                    .map(|v| FolderRecord::decode(v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                let mut freed = 0u64;
+                for c in &dead {
+                    by_folder.remove(key2(&folder.0, c).as_slice())?;
+                    by_chunk.remove(key2(c, &folder.0).as_slice())?;
+                    let len = match blobs.get(c.as_slice())? {
+                        Some(v) => u64_value("blob length", v.value())?,
+                        None => 0,
+                    };
+                    freed += len;
+                    let mut held = false;
+                    scan_prefix(&by_chunk, c, |_, _| {
+                        held = true;
+                        Ok(false)
+                    })?;
+                    if !held {
+                        blobs.remove(c.as_slice())?;
+                    }
+                }
+                rec.chunks = rec.chunks.saturating_sub(dead.len() as u64);
+                rec.chunk_bytes = rec.chunk_bytes.saturating_sub(freed);
+                folders.insert(folder.0.as_slice(), rec.encode().as_slice())?;
+                let used = usage_in(&usage, &rec.owner)?;
+                usage.insert(
+                    person_bytes(&rec.owner).as_slice(),
+                    used.saturating_sub(freed).to_le_bytes().as_slice(),
+                )?;
+                out.0 += dead.len() as u64;
+                out.1 += freed;
+            }
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Whether anyone has stored something in `folder` (claimed it).
+    pub fn claimed(&self, folder: &FolderId) -> Result<bool, RelayError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(FOLDERS)?.get(folder.0.as_slice())?.is_some())
     }
 
     /// Whether `reader`'s person may read `folder`.

@@ -1177,3 +1177,77 @@ fn concurrent_uploads_and_gc_keep_every_acknowledged_chunk() {
             .sum::<u64>()
     );
 }
+
+#[test]
+fn retention_forgets_only_chunks_no_report_needs_after_the_retention_period() {
+    const DAY: u64 = 86_400_000;
+    let relay_dir = TempDir::new().unwrap();
+    let relay = open(relay_dir.path());
+    let a = Device::new("laptop");
+    relay.register(&a.cert()).unwrap();
+    let fid = a.fid();
+    let current = a.seal(b"the current version");
+    let old = a.seal(b"an old version");
+    relay
+        .put_chunks(
+            &a.id(),
+            &fid,
+            &[
+                (current.id, current.ciphertext.clone()),
+                (old.id, old.ciphertext.clone()),
+            ],
+        )
+        .unwrap();
+    let person = relay.person_of(&a.id()).unwrap().unwrap();
+    let used = relay.usage(&person).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+
+    // No report yet: nothing is forgotten, however late.
+    assert_eq!(relay.expire(now + 400 * DAY, 30).unwrap(), (0, 0));
+
+    // A report that needs only the current version: the old one is forgotten once
+    // 30 days have passed since it was last needed (its upload), not before.
+    assert_eq!(
+        relay
+            .report_live(&a.id(), &fid, &[current.id], now + DAY)
+            .unwrap(),
+        1
+    );
+    assert_eq!(relay.expire(now + 10 * DAY, 30).unwrap(), (0, 0));
+    assert_eq!(
+        relay.chunk(&a.id(), &old.id).unwrap(),
+        Some(old.ciphertext.clone())
+    );
+    let (n, bytes) = relay.expire(now + 31 * DAY, 30).unwrap();
+    assert_eq!((n, bytes), (1, old.ciphertext.len() as u64));
+    assert_eq!(relay.chunk(&a.id(), &old.id).unwrap(), None);
+    assert_eq!(relay.missing_chunks(&fid, &[old.id]).unwrap(), vec![old.id]);
+    assert_eq!(
+        relay.usage(&person).unwrap(),
+        used - old.ciphertext.len() as u64
+    );
+    // Its blob is now garbage; the current one stays.
+    let (files, _) = relay.gc().unwrap();
+    assert_eq!(files, 1);
+    assert!(!blob_path(relay_dir.path(), &old.id).exists());
+    assert_eq!(
+        relay.chunk(&a.id(), &current.id).unwrap(),
+        Some(current.ciphertext.clone())
+    );
+    // The current version, needed in every report, is never forgotten.
+    relay
+        .report_live(&a.id(), &fid, &[current.id], now + 400 * DAY)
+        .unwrap();
+    assert_eq!(relay.expire(now + 800 * DAY, 30).unwrap(), (0, 0));
+
+    // Only a member with write rights may report.
+    let stranger = Device::new("stranger");
+    relay.register(&stranger.cert()).unwrap();
+    assert!(matches!(
+        relay.report_live(&stranger.id(), &fid, &[], now),
+        Err(RelayError::NotAllowed { .. })
+    ));
+}

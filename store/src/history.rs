@@ -393,6 +393,35 @@ impl Store {
         Ok(out)
     }
 
+    /// The chunks `folder`'s retained versions reference under a retention of
+    /// `retention_days`: every current version's, and those of versions superseded or
+    /// deleted less than that long ago. What a relay may not forget yet.
+    pub fn retained_chunks(
+        &self,
+        folder: &weft_crypto::FolderId,
+        now: u64,
+        retention_days: u32,
+    ) -> Result<Vec<ChunkId>> {
+        let retention = u64::from(retention_days) * 86_400_000;
+        let mut live: HashSet<ChunkId> = HashSet::new();
+        let r = self.db.begin_read()?;
+        let versions = r.open_table(db::VERSIONS)?;
+        db::scan_prefix(&versions, &folder.0, |_, v| {
+            let rec: VersionRecord = db::dec("version", v)?;
+            let retained = match rec.superseded_ms {
+                None => true,
+                Some(t) => now.saturating_sub(t) < retention,
+            };
+            if retained && let Some(m) = rec.manifest {
+                live.extend(m.chunks.iter().map(|c| c.id));
+            }
+            Ok(())
+        })?;
+        let mut out: Vec<ChunkId> = live.into_iter().collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Removes cached chunks that no retained version references, evicts the oldest
     /// packs while the cache is over budget, and compacts packs.
     pub fn gc(&self, now: u64) -> Result<GcReport> {

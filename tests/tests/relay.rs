@@ -426,3 +426,43 @@ async fn after_losing_every_device_the_recovery_key_and_the_relay_bring_it_all_b
     c.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_beyond_the_relays_limit_are_refused_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut relay = Relay::start_with(&tmp.path().join("relay"), |c| {
+        c.circuits.max_reservations = 2;
+        c.http = Some(http);
+    })
+    .await;
+    // Four unrelated persons' devices, each asking for a reservation.
+    let mut devices = Vec::new();
+    for i in 0..4 {
+        let mut d = Device::new(tmp.path(), &format!("d{i}"));
+        d.create_folder();
+        d.add_relay(&relay.addr);
+        d.start(&[]);
+        devices.push(d);
+    }
+    eventually("two reservations held, the others refused", WAIT, || {
+        let m = metrics(http);
+        metric(&m, "weft_relay_reservations") == 2
+            && metric(
+                &m,
+                "weft_relay_rejections_total{reason=\"reservation_denied\"}",
+            ) >= 2
+    })
+    .await;
+    // Storage is not a reservation: all four back up all the same.
+    for d in &devices {
+        eventually("every device backs up", WAIT, || {
+            d.relays().iter().all(|r| r.state == "in sync")
+        })
+        .await;
+    }
+    for d in &mut devices {
+        d.stop().await;
+    }
+    relay.stop().await;
+}
