@@ -141,6 +141,7 @@ pub struct Metrics {
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     reservations: AtomicU64,
     circuits: AtomicU64,
+    upload_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -193,6 +194,11 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP weft_relay_upload_bytes_total Chunk bytes received in uploads, stored or not.\n# TYPE weft_relay_upload_bytes_total counter\nweft_relay_upload_bytes_total {}",
+            self.upload_bytes.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP weft_relay_requests_total Requests served, by kind.\n# TYPE weft_relay_requests_total counter"
@@ -704,6 +710,10 @@ fn store_request(
         }
         StoreRequest::PutChunks { folder, chunks } => {
             metrics.request("put_chunks");
+            let bytes: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+            metrics
+                .upload_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
             let chunks: Vec<_> = chunks
                 .into_iter()
                 .map(|(id, b)| (id, b.into_vec()))
