@@ -98,6 +98,11 @@ pub enum Cmd {
         /// A peer not to tell (the one the entries came from).
         except: Option<PeerId>,
     },
+    /// Pull every folder from a peer (an uploader, once its relay knows this device).
+    Pull {
+        /// The peer.
+        peer: PeerId,
+    },
     /// A request to a relay's storage (from an uploader).
     Store {
         /// The relay.
@@ -520,7 +525,7 @@ fn relay_connected(st: &mut State, peer: PeerId) {
             }
         }
     }
-    pull_all(st, peer);
+    // The uploader pulls once the relay knows this device (see `upload::pass`).
     rendezvous_round(st, peer);
 }
 
@@ -1426,6 +1431,11 @@ fn on_cmd(st: &mut State, cmd: Cmd) {
             }
             for r in st.relays.values() {
                 r.kick.notify_one();
+            }
+        }
+        Cmd::Pull { peer } => {
+            if st.swarm.is_connected(&peer) {
+                pull_all(st, peer);
             }
         }
         Cmd::Store { peer, req, reply } => {

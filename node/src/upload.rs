@@ -129,6 +129,8 @@ async fn pass(
         StoreResponse::Registered { retention_days } => retention_days,
         r => return Err(unexpected(r)),
     };
+    // Registered: the relay now answers this device's pulls.
+    let _ = cmds.send(Cmd::Pull { peer: relay }).await;
     let folders = {
         let s = shared.clone();
         blocking(move || Ok(s.store.folders()?)).await?
