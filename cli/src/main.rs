@@ -797,6 +797,11 @@ fn relay_line(r: &weft_node::upload::RelayStatus) -> String {
     if let Some(e) = &r.last_error {
         line += &format!(" — {e}");
     }
+    if let Some(rb) = &r.rollback
+        && r.last_error.as_deref() != Some(rb.as_str())
+    {
+        line += &format!(" — warning: {rb}");
+    }
     line
 }
 

@@ -650,6 +650,30 @@ fn on_store(st: &mut State, ev: request_response::Event<StoreRequest, StoreRespo
     }
 }
 
+/// A relay served these entries: it holds them (up to what this device accepted), a
+/// mark it must not fall below later.
+fn relay_served(st: &State, relay: PeerId, folder: FolderId, entries: &[Vec<u8>]) {
+    let mut served: HashMap<DeviceId, u64> = HashMap::new();
+    for e in entries {
+        if let Ok(e) = weft_store::log::Entry::decode(e) {
+            let s = served.entry(e.header.author).or_default();
+            *s = (*s).max(e.header.seq);
+        }
+    }
+    let Ok(tips) = store(st).tips(&folder) else {
+        return;
+    };
+    let tips: HashMap<DeviceId, u64> = tips.into_iter().collect();
+    let seen: Vec<(DeviceId, u64)> = served
+        .into_iter()
+        .map(|(a, s)| (a, s.min(tips.get(&a).copied().unwrap_or(0))))
+        .filter(|(_, s)| *s > 0)
+        .collect();
+    if let Err(e) = store(st).raise_relay_marks(&relay.to_string(), &folder, &seen) {
+        warn!(relay = %relay, "cannot record what the relay holds: {e}");
+    }
+}
+
 fn expire_invites(st: &mut State) {
     let now = now_ms();
     st.invites.retain(|_, exp| *exp > now);
@@ -938,6 +962,9 @@ fn on_sync(st: &mut State, ev: request_response::Event<SyncRequest, SyncResponse
                         }
                         if more && acc.rejected.is_empty() {
                             pull(st, peer, folder);
+                        }
+                        if st.peers.get(&peer).is_some_and(|p| p.is_relay) {
+                            relay_served(st, peer, folder, &entries);
                         }
                     }
                     Err(e) => warn!(peer = %peer, "cannot store entries: {e}"),

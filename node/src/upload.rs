@@ -42,6 +42,9 @@ pub struct RelayStatus {
     pub entries_uploaded: u64,
     /// Chunks uploaded since start.
     pub chunks_uploaded: u64,
+    /// A rollback this node saw (the relay showed less than it had shown before).
+    #[serde(default)]
+    pub rollback: Option<String>,
 }
 
 /// Sends one store request to `relay` through the swarm task.
@@ -85,6 +88,12 @@ fn set(shared: &Shared, relay: &PeerId, f: impl FnOnce(&mut RelayStatus)) {
     {
         f(s);
     }
+}
+
+/// Keeps a rollback in the relay's status past the pass that found it (a pass that
+/// succeeds clears `last_error`; this stays until the node restarts).
+fn set_rollback(shared: &Shared, relay: &PeerId, msg: String) {
+    set(shared, relay, |s| s.rollback = Some(msg));
 }
 
 /// The uploader of one relay: a pass whenever `kick` fires, or every minute.
@@ -248,6 +257,29 @@ async fn upload_folder(
             StoreResponse::Tips { tips } => tips.into_iter().collect(),
             r => return Err(unexpected(r)),
         };
+    // A relay never forgets an entry it once held: less than it showed before is a
+    // rollback (lost data, or an attack). Reported; the upload below restores it.
+    let rid = relay.to_string();
+    let marks = shared.store.relay_marks(&rid, &folder.id)?;
+    let mut rolled_back = Vec::new();
+    for (author, mark) in &marks {
+        let now = have.get(author).copied().unwrap_or(0);
+        if now < *mark {
+            rolled_back.push(format!("{author} #{mark} → #{now}"));
+        }
+    }
+    if !rolled_back.is_empty() {
+        let msg = format!(
+            "the relay rolled back folder {}: it showed entries it no longer has ({})",
+            folder.name,
+            rolled_back.join(", ")
+        );
+        warn!(relay = %relay, "{msg}; uploading them again");
+        set(shared, &relay, |s| s.last_error = Some(msg.clone()));
+        set_rollback(shared, &relay, msg);
+    }
+    let seen: Vec<(DeviceId, u64)> = have.iter().map(|(a, s)| (*a, *s)).collect();
+    shared.store.raise_relay_marks(&rid, &folder.id, &seen)?;
     loop {
         let (entries, more) = {
             let (s, f, h) = (shared.clone(), folder.id, have.clone());
@@ -324,6 +356,9 @@ async fn upload_folder(
             StoreResponse::Stored { count } => {
                 debug!(relay = %relay, folder = %folder.name, "stored {count} of {n} entries");
                 set(shared, &relay, |s| s.entries_uploaded += count);
+                shared
+                    .store
+                    .raise_relay_marks(&relay.to_string(), &folder.id, &tips)?;
             }
             r => return Err(unexpected(r)),
         }

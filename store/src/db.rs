@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_crypto::{ChunkId, DeviceId, FolderId, FolderSecret, Hash, PersonId};
 
 /// Current schema version, kept in `meta-1` under `"schema"`.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// `name → value`: schema version and similar.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
@@ -39,6 +39,9 @@ pub const PEER_ADDRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peer
 pub const CHUNK_LOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk-locs-1");
 /// `relay multiaddr (with /p2p/<id>) → ()`: the relays this device uses.
 pub const RELAYS: TableDefinition<&str, ()> = TableDefinition::new("relays-1");
+/// `"relay peer id/folder hex/author" → sequence`: the furthest a relay has shown it
+/// holds each author's chain (stored, listed or served): less later is a rollback.
+pub const RELAY_MARKS: TableDefinition<&str, u64> = TableDefinition::new("relay-marks-1");
 
 /// A registered folder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -272,6 +275,10 @@ pub fn open(path: &Path) -> Result<Database> {
         // Migration 3 → 4: relays.
         if current < 4 {
             txn.open_table(RELAYS)?;
+        }
+        // Migration 4 → 5: relays' high-water marks.
+        if current < 5 {
+            txn.open_table(RELAY_MARKS)?;
         }
         meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }

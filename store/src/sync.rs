@@ -515,6 +515,46 @@ impl Store {
         Ok(new)
     }
 
+    /// The furthest `relay` has shown it holds each author's chain of `folder`.
+    pub fn relay_marks(&self, relay: &str, folder: &FolderId) -> Result<HashMap<DeviceId, u64>> {
+        let prefix = format!("{relay}/{folder}/");
+        let r = self.db.begin_read()?;
+        let t = r.open_table(db::RELAY_MARKS)?;
+        let mut out = HashMap::new();
+        for row in t.range(prefix.as_str()..)? {
+            let (k, v) = row?;
+            let Some(author) = k.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            if let Ok(a) = author.parse::<DeviceId>() {
+                out.insert(a, v.value());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Raises `relay`'s marks for `folder` to `seen` (never lowers them).
+    pub fn raise_relay_marks(
+        &self,
+        relay: &str,
+        folder: &FolderId,
+        seen: &[(DeviceId, u64)],
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(db::RELAY_MARKS)?;
+            for (author, seq) in seen {
+                let k = format!("{relay}/{folder}/{author}");
+                let old = t.get(k.as_str())?.map(|v| v.value()).unwrap_or(0);
+                if *seq > old {
+                    t.insert(k.as_str(), *seq)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Removes a relay; returns whether it was there.
     pub fn remove_relay(&self, addr: &str) -> Result<bool> {
         let txn = self.db.begin_write()?;
