@@ -38,6 +38,8 @@ use weft_store::store::now_ms;
 
 /// How long an unknown peer may stay connected without proving itself.
 pub const VERIFY_GRACE: Duration = Duration::from_secs(10);
+/// How often a device renews its registration at a relay's rendezvous point.
+const REGISTER_EVERY: Duration = Duration::from_secs(3600);
 /// How many chunk requests may be in flight to one peer.
 pub const CHUNK_REQUESTS_PER_PEER: usize = 4;
 
@@ -199,8 +201,9 @@ struct Relay {
     uploader: Option<tokio::task::JoinHandle<()>>,
     /// Listening through it (a circuit relay v2 reservation).
     circuit: Option<libp2p::core::transport::ListenerId>,
-    /// Registered at its rendezvous point.
-    registered: bool,
+    /// When this device last registered at its rendezvous point (registrations
+    /// expire after two hours; renewed every hour).
+    registered: Option<Instant>,
 }
 
 fn store(s: &State) -> &Store {
@@ -493,7 +496,7 @@ fn add_relay(st: &mut State, addr: &str) -> Result<PeerId, String> {
         kick: Arc::new(tokio::sync::Notify::new()),
         uploader: None,
         circuit: None,
-        registered: false,
+        registered: None,
     });
     if !st.swarm.is_connected(&peer)
         && let Err(e) = st.swarm.dial(ma)
@@ -563,7 +566,7 @@ fn rendezvous_round(st: &mut State, relay_peer: PeerId) {
     let Some(ns) = namespace(st) else {
         return;
     };
-    if !registered {
+    if registered.is_none_or(|t| t.elapsed() > REGISTER_EVERY) {
         let r = st
             .swarm
             .behaviour_mut()
@@ -587,7 +590,7 @@ fn on_rendezvous(st: &mut State, ev: rendezvous::client::Event) {
         } => {
             debug!(relay = %rendezvous_node, "registered at the rendezvous point");
             if let Some(r) = st.relays.get_mut(&rendezvous_node) {
-                r.registered = true;
+                r.registered = Some(Instant::now());
             }
         }
         Event::RegisterFailed {
@@ -725,7 +728,7 @@ fn on_swarm_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
             let relays: Vec<PeerId> = st.relays.keys().copied().collect();
             for r in relays {
                 if let Some(rel) = st.relays.get_mut(&r) {
-                    rel.registered = false;
+                    rel.registered = None;
                 }
                 rendezvous_round(st, r);
             }

@@ -341,7 +341,14 @@ pub async fn serve(
                     ..relay::Config::default()
                 },
             ),
-            rendezvous: rendezvous::server::Behaviour::new(rendezvous::server::Config::default()),
+            // Any peer may register and look up, within limits: a few namespaces
+            // each, a bounded total, registrations that expire within hours.
+            rendezvous: rendezvous::server::Behaviour::new(
+                rendezvous::server::Config::default()
+                    .with_max_registration_per_peer(4)
+                    .with_max_registration_total(100_000)
+                    .with_max_ttl(4 * 3600),
+            ),
             sync: request_response::Behaviour::with_codec(
                 Codec::new(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
                 [(SYNC_PROTOCOL, ProtocolSupport::Full)],
@@ -472,6 +479,12 @@ fn on_event(st: &mut State, ev: SwarmEvent<BehaviourEvent>) {
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => on_relay(st, ev),
+        SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(
+            rendezvous::server::Event::PeerNotRegistered { peer, error, .. },
+        )) => {
+            st.metrics.reject("registration_denied");
+            warn!(peer = %peer, "rendezvous registration refused: {error:?}");
+        }
         SwarmEvent::Behaviour(BehaviourEvent::Store(request_response::Event::Message {
             peer,
             message:

@@ -348,6 +348,101 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Captured logs of every in-process node (process-wide), so tests can look for the
+/// warnings a rejection must produce.
+pub mod logs {
+    use std::sync::{Mutex, Once};
+    use std::time::{Duration, Instant};
+
+    static LOGS: Mutex<String> = Mutex::new(String::new());
+
+    struct Sink;
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut l) = LOGS.lock() {
+                l.push_str(&String::from_utf8_lossy(b));
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Starts capturing (once per test process), with `filter` (an `EnvFilter`).
+    pub fn capture(filter: &str) {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_ansi(false)
+                .with_writer(|| Sink)
+                .try_init();
+        });
+    }
+
+    /// Captured log lines containing every one of `needles`.
+    pub fn lines(needles: &[&str]) -> Vec<String> {
+        LOGS.lock()
+            .map(|l| {
+                l.lines()
+                    .filter(|line| needles.iter().all(|n| line.contains(n)))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until more than `already` captured lines contain every one of
+    /// `needles`; returns the newest.
+    pub async fn wait(needles: &[&str], already: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = lines(needles);
+            if found.len() > already {
+                return found.last().cloned().unwrap_or_default();
+            }
+            if Instant::now() > deadline {
+                let related = lines(&needles[..1]);
+                let tail: Vec<&String> = related.iter().rev().take(30).collect();
+                panic!(
+                    "no log line with {needles:?} within {within:?}; last lines with {:?}:\n{}",
+                    needles[0],
+                    tail.iter()
+                        .rev()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// `GET /metrics` from a relay's HTTP address.
+pub fn relay_metrics(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of one metric line (`name{labels} value`) of a `/metrics` text, 0 if
+/// absent.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits for a condition.
 pub async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;

@@ -24,7 +24,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use weft_crypto::{
@@ -43,72 +43,16 @@ use weft_store::model::{ChunkRef, Manifest, RelPath, VersionId, VersionVector};
 // ---------------------------------------------------------------------------------
 // Logs
 
-static LOGS: Mutex<String> = Mutex::new(String::new());
-
-struct Sink;
-
-impl std::io::Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut l) = LOGS.lock() {
-            l.push_str(&String::from_utf8_lossy(b));
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Captures every node's logs (process-wide, once) so tests can look for rejections.
 fn capture_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "warn,weft_node=debug,weft_store=debug",
-            ))
-            .with_ansi(false)
-            .with_writer(|| Sink)
-            .try_init();
-    });
+    logs::capture("warn,weft_node=debug,weft_store=debug");
 }
 
-/// Captured log lines containing every one of `needles`.
 fn log_lines(needles: &[&str]) -> Vec<String> {
-    LOGS.lock()
-        .map(|l| {
-            l.lines()
-                .filter(|line| needles.iter().all(|n| line.contains(n)))
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    logs::lines(needles)
 }
 
-/// Waits until more than `already` captured lines contain every one of `needles`;
-/// returns the newest.
 async fn wait_log(needles: &[&str], already: usize, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let lines = log_lines(needles);
-        if lines.len() > already {
-            return lines.last().cloned().unwrap_or_default();
-        }
-        if Instant::now() > deadline {
-            let related = log_lines(&needles[..1]);
-            let tail: Vec<&String> = related.iter().rev().take(30).collect();
-            panic!(
-                "no log line with {needles:?} within {within:?}; last lines with {:?}:\n{}",
-                needles[0],
-                tail.iter()
-                    .rev()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    logs::wait(needles, already, within).await
 }
 
 // ---------------------------------------------------------------------------------

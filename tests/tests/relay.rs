@@ -268,27 +268,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// `GET /metrics` from the relay's HTTP address.
-fn metrics(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-/// The value of one metric line (`name{labels} value`), 0 if absent.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_over_quota_is_refused_clearly_and_stored_data_stays() {
     let tmp = tempfile::tempdir().unwrap();
@@ -302,7 +281,7 @@ async fn an_upload_over_quota_is_refused_clearly_and_stored_data_stays() {
     a.start(&[]);
     a.write("small.txt", b"fits in the quota");
     a.wait_backed_up(0, WAIT).await;
-    let before = metrics(http);
+    let before = relay_metrics(http);
     assert_eq!(metric(&before, "weft_relay_persons"), 1, "{before}");
     assert_eq!(metric(&before, "weft_relay_folders"), 1, "{before}");
     assert!(metric(&before, "weft_relay_entries") >= 1, "{before}");
@@ -321,7 +300,7 @@ async fn an_upload_over_quota_is_refused_clearly_and_stored_data_stays() {
         })
     })
     .await;
-    let after = metrics(http);
+    let after = relay_metrics(http);
     assert!(
         metric(&after, "weft_relay_rejections_total{reason=\"over_quota\"}") >= 1,
         "{after}"
@@ -440,7 +419,7 @@ async fn reservations_beyond_the_relays_limit_are_refused_and_counted() {
         devices.push(d);
     }
     eventually("two reservations held, the others refused", WAIT, || {
-        let m = metrics(http);
+        let m = relay_metrics(http);
         metric(&m, "weft_relay_reservations") == 2
             && metric(
                 &m,
@@ -480,7 +459,7 @@ async fn an_interrupted_upload_resumes_without_sending_stored_chunks_again() {
     })
     .await;
     a.stop().await;
-    let sent_before = metric(&metrics(http), "weft_relay_upload_bytes_total");
+    let sent_before = metric(&relay_metrics(http), "weft_relay_upload_bytes_total");
     assert!(
         sent_before < u64::from(size),
         "the upload finished before the stop ({sent_before} bytes): the test proves nothing"
@@ -490,7 +469,7 @@ async fn an_interrupted_upload_resumes_without_sending_stored_chunks_again() {
     a.start(&[]);
     a.wait_backed_up(0, WAIT).await;
     a.stop().await;
-    let sent = metric(&metrics(http), "weft_relay_upload_bytes_total");
+    let sent = metric(&relay_metrics(http), "weft_relay_upload_bytes_total");
     let overhead = u64::from(size) / 10; // sealing adds 16 bytes per chunk; batches ≤ ~1.25 MiB
     assert!(
         sent <= u64::from(size) + overhead.min(1_400_000),

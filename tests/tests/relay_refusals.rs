@@ -69,24 +69,6 @@ impl Client {
     }
 }
 
-fn metrics(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn refused(r: &StoreResponse) -> bool {
     matches!(r, StoreResponse::Refused { .. })
 }
@@ -143,7 +125,7 @@ async fn forged_replayed_truncated_and_foreign_uploads_are_refused_counted_and_c
             metric(m, "weft_relay_stored_bytes"),
         )
     };
-    let empty = stored(&metrics(http));
+    let empty = stored(&relay_metrics(http));
 
     // Forged: one bit of the last entry flipped.
     let mut forged = entries.clone();
@@ -168,7 +150,7 @@ async fn forged_replayed_truncated_and_foreign_uploads_are_refused_counted_and_c
         .await;
     assert!(refused(&r));
     assert_eq!(
-        stored(&metrics(http)),
+        stored(&relay_metrics(http)),
         empty,
         "a refused upload stored something"
     );
@@ -186,10 +168,10 @@ async fn forged_replayed_truncated_and_foreign_uploads_are_refused_counted_and_c
         matches!(r, StoreResponse::Stored { count } if count == entries.len() as u64),
         "{r:?}"
     );
-    let full = stored(&metrics(http));
+    let full = stored(&relay_metrics(http));
     let r = c.ask(put(bufs(&entries))).await;
     assert!(matches!(r, StoreResponse::Stored { count: 0 }), "{r:?}");
-    assert_eq!(stored(&metrics(http)), full);
+    assert_eq!(stored(&relay_metrics(http)), full);
 
     // Another person's device: may not write into this folder, nor read it, nor learn
     // what it holds.
@@ -237,13 +219,13 @@ async fn forged_replayed_truncated_and_foreign_uploads_are_refused_counted_and_c
         .await;
     assert!(refused(&r));
     assert_eq!(
-        stored(&metrics(http)),
+        stored(&relay_metrics(http)),
         full,
         "a refused upload changed the store"
     );
 
     // Every refusal is counted by its reason.
-    let m = metrics(http);
+    let m = relay_metrics(http);
     for reason in [
         "unknown_device",
         "bad_entry",
