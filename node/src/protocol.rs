@@ -30,7 +30,7 @@ pub const MAX_SYNC_MESSAGE: usize = 12 << 20;
 /// Most chunks one chunk request may name.
 pub const MAX_BATCH_CHUNKS: usize = 32;
 /// A chunk answer stops adding chunks once it holds this many bytes.
-pub const MAX_BATCH_BYTES: usize = 1 << 20;
+pub const MAX_BATCH_BYTES: usize = 512 << 10;
 /// Largest chunk request: [`MAX_BATCH_CHUNKS`] ids plus framing.
 pub const MAX_CHUNK_REQUEST: usize = 2048;
 /// Largest chunk answer: just under [`MAX_BATCH_BYTES`], one more sealed chunk of at

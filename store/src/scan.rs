@@ -858,7 +858,9 @@ impl Store {
             .map(|n| n.get())
             .unwrap_or(2);
         let (job_tx, job_rx) = bounded::<Job>(workers * 4);
-        let (msg_tx, msg_rx) = bounded::<Msg>(256);
+        // Sealed chunks waiting for the writer: at most 64 (4 MiB at the average chunk
+        // size, 16 MiB at the largest), whatever the file size.
+        let (msg_tx, msg_rx) = bounded::<Msg>(64);
         let secret = *writer.keys.convergence_secret();
         std::thread::scope(|s| -> Result<()> {
             for _ in 0..workers {
