@@ -443,6 +443,42 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The `weft` binary of the same target directory as this test, built if needed.
+pub fn weft_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // <target>/<profile>/deps/resume-xxxx
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target = profile_dir.parent().unwrap().to_path_buf();
+        let bin = profile_dir.join("weft");
+        // Always asked: cargo does nothing if the binary is up to date, and a stale
+        // binary would test old code.
+        {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.current_dir(workspace)
+                .env("CARGO_TARGET_DIR", &target)
+                .args(["build", "-p", "weft-cli", "--bin", "weft"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            eprintln!("building the weft binary: {cmd:?}");
+            let status = cmd.status();
+            eprintln!("cargo build: {status:?}");
+        }
+        assert!(
+            bin.exists(),
+            "the weft binary is missing at {} and building it failed: run \
+             `cargo build -p weft-cli` with the same CARGO_TARGET_DIR ({})",
+            bin.display(),
+            target.display()
+        );
+        bin
+    })
+}
+
 /// Waits for a condition.
 pub async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;

@@ -11,10 +11,10 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use weft_store::Home;
 use weft_store::model::{Content, RelPath};
+use weft_tests::weft_bin;
 
 /// Size of the file transferred.
 const FILE_SIZE: u64 = 200 << 20;
@@ -22,42 +22,6 @@ const FILE_SIZE: u64 = 200 << 20;
 const MAX_WIRE_CHUNK: u64 = (256 << 10) + 16;
 /// The file's name inside the folder.
 const NAME: &str = "big.bin";
-
-/// The `weft` binary of the same target directory as this test, built if needed.
-fn weft_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // <target>/<profile>/deps/resume-xxxx
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target = profile_dir.parent().unwrap().to_path_buf();
-        let bin = profile_dir.join("weft");
-        // Always asked: cargo does nothing if the binary is up to date, and a stale
-        // binary would test old code.
-        {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace)
-                .env("CARGO_TARGET_DIR", &target)
-                .args(["build", "-p", "weft-cli", "--bin", "weft"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            eprintln!("building the weft binary: {cmd:?}");
-            let status = cmd.status();
-            eprintln!("cargo build: {status:?}");
-        }
-        assert!(
-            bin.exists(),
-            "the weft binary is missing at {} and building it failed: run \
-             `cargo build -p weft-cli` with the same CARGO_TARGET_DIR ({})",
-            bin.display(),
-            target.display()
-        );
-        bin
-    })
-}
 
 /// Runs `weft --home HOME args…` to completion; panics with its output on failure.
 fn weft(home: &Path, args: &[&str]) -> String {
