@@ -118,6 +118,27 @@ enum Cmd {
     /// remove), or run one (serve).
     #[command(subcommand)]
     Relay(RelayCmd),
+    /// People you share with: record one after comparing fingerprints, list them.
+    #[command(subcommand)]
+    Contact(ContactCmd),
+}
+
+#[derive(Subcommand)]
+enum ContactCmd {
+    /// Record a person, after comparing the fingerprint this shows with the one their
+    /// `weft id` shows (in person, or on a call).
+    Add {
+        /// Their person id (from their `weft id`).
+        person: String,
+        /// A name for them.
+        #[arg(long)]
+        name: String,
+        /// Do not ask: the fingerprint was already compared.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List contacts.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -740,6 +761,58 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Relay(cmd) => return relay(&home, cmd, json),
+        Cmd::Contact(ContactCmd::Add { person, name, yes }) => {
+            let person: weft_crypto::PersonId = person
+                .trim()
+                .parse()
+                .context("not a person id (it is the `person id` line of their `weft id`)")?;
+            if !yes {
+                use std::io::{BufRead, Write};
+                eprintln!("fingerprint of {person}:");
+                eprintln!("  {}", person.fingerprint());
+                eprint!("Does {name}'s `weft id` show exactly this fingerprint? [y/N] ");
+                std::io::stderr().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().lock().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    bail!(
+                        "not added: compare the fingerprints first (a different one means a different person, or an attack)"
+                    );
+                }
+            }
+            let store = open(&home)?;
+            let c = store.add_contact(person, &name, now_ms())?;
+            if json {
+                print_json(&serde_json::json!({
+                    "person": c.person.to_string(), "name": c.name,
+                    "fingerprint": c.person.fingerprint(),
+                }))?;
+            } else {
+                println!("added contact {:?} ({})", c.name, c.person);
+            }
+        }
+        Cmd::Contact(ContactCmd::List) => {
+            let store = open(&home)?;
+            let contacts = store.contacts()?;
+            if json {
+                let v: Vec<_> = contacts
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "person": c.person.to_string(), "name": c.name,
+                            "fingerprint": c.person.fingerprint(), "added_ms": c.added_ms,
+                        })
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else if contacts.is_empty() {
+                println!("No contacts: add one with `weft contact add PERSON_ID --name NAME`.");
+            } else {
+                for c in &contacts {
+                    println!("{:<20} {}  {}", c.name, c.person, c.person.fingerprint());
+                }
+            }
+        }
         Cmd::Conflicts => {
             let copies: Vec<(String, String, String)> = if node_running(&home) {
                 let ControlResponse::Conflicts { copies } =

@@ -988,3 +988,69 @@ fn over_the_cache_budget_current_files_stay_restorable_from_themselves() {
     assert!(n(&rep, "bytes_freed") >= 700_000, "{rep}");
     env.verify_ok();
 }
+
+#[test]
+fn contacts_are_added_only_after_the_fingerprint_is_confirmed_and_listed() {
+    use std::io::Write;
+    let alice = Env::new();
+    let bob = Env::new();
+    alice.init();
+    let bob_id = bob.init();
+    let bob_person = bob_id["person_id"].as_str().expect("person_id").to_owned();
+    let bob_fp = bob.json(["id"])["fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned();
+
+    // Asked, and answered no (stdin is empty): nothing recorded.
+    let r = alice.run(["contact", "add", &bob_person, "--name", "bob"]);
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stderr.contains(&bob_fp),
+        "the prompt shows the fingerprint: {r:?}"
+    );
+    assert!(r.stderr.contains("not added"), "{r:?}");
+    assert_eq!(alice.json(["contact", "list"]), serde_json::json!([]));
+
+    // Answered yes.
+    let mut c = alice
+        .cmd(["contact", "add", &bob_person, "--name", "bob"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft runs");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"y\n")
+        .expect("answer");
+    let out = c.wait_with_output().expect("weft finishes");
+    assert!(out.status.success(), "{out:?}");
+    let list = alice.json(["contact", "list"]);
+    assert_eq!(list[0]["name"], "bob");
+    assert_eq!(list[0]["person"], bob_person.as_str());
+    assert_eq!(list[0]["fingerprint"], bob_fp.as_str());
+
+    // Refused, each with a reason: a malformed id, one's own id, a name taken.
+    let r = alice.run(["contact", "add", "not-a-person", "--name", "x", "--yes"]);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("not a person id"), "{r:?}");
+    let own = alice.json(["id"])["person_id"]
+        .as_str()
+        .expect("person_id")
+        .to_owned();
+    let r = alice.run(["contact", "add", &own, "--name", "me", "--yes"]);
+    assert!(r.stderr.contains("your own person id"), "{r:?}");
+    let carol = Env::new();
+    let carol_person = carol.init()["person_id"]
+        .as_str()
+        .expect("person_id")
+        .to_owned();
+    let r = alice.run(["contact", "add", &carol_person, "--name", "bob", "--yes"]);
+    assert!(r.stderr.contains("already named"), "{r:?}");
+    assert_eq!(
+        alice.json(["contact", "list"]).as_array().map(Vec::len),
+        Some(1)
+    );
+}

@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_crypto::{ChunkId, DeviceId, FolderId, FolderSecret, Hash, PersonId};
 
 /// Current schema version, kept in `meta-1` under `"schema"`.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// `name → value`: schema version and similar.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
@@ -42,6 +42,8 @@ pub const RELAYS: TableDefinition<&str, ()> = TableDefinition::new("relays-1");
 /// `"relay peer id/folder hex/author" → sequence`: the furthest a relay has shown it
 /// holds each author's chain (stored, listed or served): less later is a rollback.
 pub const RELAY_MARKS: TableDefinition<&str, u64> = TableDefinition::new("relay-marks-1");
+/// `person id (32) → Contact`: persons this one has verified (by fingerprint) and named.
+pub const CONTACTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contacts-1");
 
 /// A registered folder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -279,6 +281,10 @@ pub fn open(path: &Path) -> Result<Database> {
         // Migration 4 → 5: relays' high-water marks.
         if current < 5 {
             txn.open_table(RELAY_MARKS)?;
+        }
+        // Migration 5 → 6: contacts.
+        if current < 6 {
+            txn.open_table(CONTACTS)?;
         }
         meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }

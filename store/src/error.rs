@@ -39,6 +39,9 @@ pub enum StoreError {
     /// A path is not acceptable inside a folder.
     #[error(transparent)]
     Path(#[from] crate::model::PathError),
+    /// A contact request that cannot be done (says why).
+    #[error("{0}")]
+    Contact(String),
     /// `weft init` has not been run for this home.
     #[error("no device here yet: run `weft init` first (home: {0})")]
     NotInitialized(PathBuf),

@@ -19,6 +19,7 @@
 
 pub mod cache;
 pub mod chunker;
+pub mod contacts;
 pub mod db;
 mod error;
 pub mod history;
