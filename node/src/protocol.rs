@@ -230,6 +230,9 @@ pub enum StoreResponse {
     Missing {
         /// The ids the relay lacks.
         ids: Vec<ChunkId>,
+        /// Bytes the sender's person may still store (`None`: no quota), so a device
+        /// can see that an upload will not fit before sending any of it.
+        room: Option<u64>,
     },
     /// Answers `Folders`.
     Folders {

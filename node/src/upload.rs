@@ -293,38 +293,54 @@ async fn upload_folder(
             return Ok(());
         }
         // The chunks of these entries first, those the relay lacks.
-        let ids: Vec<ChunkId> = {
+        let refs: Vec<(ChunkId, u64)> = {
             let (s, f, e) = (shared.clone(), folder.clone(), entries.clone());
             blocking(move || {
                 let mut seen = HashSet::new();
-                let mut ids = Vec::new();
+                let mut refs = Vec::new();
                 for raw in &e {
                     for c in s.store.chunks_of_entry(&f, raw)? {
                         if seen.insert(c.id) {
-                            ids.push(c.id);
+                            refs.push((c.id, u64::from(c.len) + 16));
                         }
                     }
                 }
-                Ok(ids)
+                Ok(refs)
             })
             .await?
         };
-        for group in ids.chunks(MAX_STORE_IDS) {
-            let missing = match ask(
+        let sizes: HashMap<ChunkId, u64> = refs.iter().copied().collect();
+        let mut missing = Vec::new();
+        let mut room = None;
+        for group in refs.chunks(MAX_STORE_IDS) {
+            match ask(
                 cmds,
                 relay,
                 StoreRequest::Missing {
                     folder: folder.id,
-                    ids: group.to_vec(),
+                    ids: group.iter().map(|(id, _)| *id).collect(),
                 },
             )
             .await?
             {
-                StoreResponse::Missing { ids } => ids,
+                StoreResponse::Missing { ids, room: r } => {
+                    missing.extend(ids);
+                    room = r;
+                }
                 r => return Err(unexpected(r)),
-            };
-            upload_chunks(shared, cmds, relay, &folder, missing).await?;
+            }
         }
+        // Over quota: say so before sending any of it (a partial upload would only
+        // take room that nothing can use).
+        let need: u64 = missing.iter().filter_map(|id| sizes.get(id)).sum();
+        if let Some(room) = room
+            && need > room
+        {
+            return Err(NodeError::Refused(format!(
+                "over quota: the relay has room for {room} more bytes of yours, these changes need {need}"
+            )));
+        }
+        upload_chunks(shared, cmds, relay, &folder, missing).await?;
         // Then the entries, with their authors' certificates.
         let mut authors: Vec<DeviceId> = Vec::new();
         let mut tips: Vec<(DeviceId, u64)> = Vec::new();

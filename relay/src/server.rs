@@ -716,8 +716,13 @@ fn store_request(
                     Ok(ids)
                 }
             });
+            let room = store
+                .person_of(&dev)
+                .ok()
+                .flatten()
+                .and_then(|p| store.room(&p).ok().flatten());
             match r {
-                Ok(ids) => (StoreResponse::Missing { ids }, None),
+                Ok(ids) => (StoreResponse::Missing { ids, room }, None),
                 Err(e) => (refused(e), None),
             }
         }

@@ -1398,6 +1398,14 @@ impl RelayStore {
         Ok(out)
     }
 
+    /// Bytes `person` may still store under the quota (`None`: no quota).
+    pub fn room(&self, person: &PersonId) -> Result<Option<u64>, RelayError> {
+        Ok(match self.cfg.quota_per_person {
+            Some(q) => Some(q.saturating_sub(self.usage(person)?)),
+            None => None,
+        })
+    }
+
     /// Bytes `person` stores (entries and chunks of the folders it owns).
     pub fn usage(&self, person: &PersonId) -> Result<u64, RelayError> {
         let r = self.db.begin_read()?;

@@ -205,7 +205,7 @@ async fn forged_replayed_truncated_and_foreign_uploads_are_refused_counted_and_c
         })
         .await;
     assert!(
-        matches!(&r, StoreResponse::Missing { ids } if ids == &vec![chunk_ids[0]]),
+        matches!(&r, StoreResponse::Missing { ids, .. } if ids == &vec![chunk_ids[0]]),
         "a stranger learned that the folder holds a chunk: {r:?}"
     );
     // An entry of A's folder uploaded as if it belonged to another folder.

@@ -487,13 +487,13 @@ fn store_answer(s: &Shared, peer: PeerId, req: StoreRequest) -> StoreResponse {
             }
             if store.may_read(&dev, &folder).unwrap_or(false) {
                 match store.missing_chunks(&folder, &ids) {
-                    Ok(ids) => StoreResponse::Missing { ids },
+                    Ok(ids) => StoreResponse::Missing { ids, room: None },
                     Err(e) => refused(&e),
                 }
             } else {
                 ids.sort();
                 ids.dedup();
-                StoreResponse::Missing { ids }
+                StoreResponse::Missing { ids, room: None }
             }
         }
         StoreRequest::PutChunks { folder, chunks } => {
