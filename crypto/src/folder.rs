@@ -74,12 +74,13 @@ impl FolderSecret {
         }
     }
 
-    /// The next epoch's fresh secret (for rotation).
-    pub fn rotate(&self) -> FolderSecret {
-        FolderSecret {
-            epoch: self.epoch + 1,
+    /// The next epoch's fresh secret (for rotation); `None` once the epochs are used
+    /// up (after 2^32 − 1 rotations: the folder needs a new id then).
+    pub fn rotate(&self) -> Option<FolderSecret> {
+        Some(FolderSecret {
+            epoch: self.epoch.checked_add(1)?,
             bytes: crate::random_bytes::<32>(),
-        }
+        })
     }
 
     /// Derives this epoch's keys for `folder`.

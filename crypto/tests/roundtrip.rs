@@ -177,14 +177,23 @@ fn hash_of_is_blake3() {
 }
 
 #[test]
+fn folder_secret_rotation_stops_at_the_last_epoch_instead_of_wrapping() {
+    let last = FolderSecret {
+        epoch: u32::MAX,
+        bytes: [7; 32],
+    };
+    assert!(last.rotate().is_none());
+}
+
+#[test]
 fn folder_secret_rotation_changes_every_key() {
     let folder = FolderId::generate();
     let s0 = FolderSecret::generate();
     assert_eq!(s0.epoch, 0);
-    let s1 = s0.rotate();
+    let s1 = s0.rotate().unwrap();
     assert_eq!(s1.epoch, 1);
     assert_ne!(s1.bytes, s0.bytes);
-    let s2 = s1.rotate();
+    let s2 = s1.rotate().unwrap();
     assert_eq!(s2.epoch, 2);
 
     let k0 = s0.keys(&folder);

@@ -683,17 +683,22 @@ fn expire_invites(st: &mut State) {
 }
 
 fn drop_unverified(st: &mut State) {
+    // A device joining with a code pairs within seconds of connecting; while a code
+    // is outstanding, strangers get a little longer, not forever.
+    let grace = if st.invites.is_empty() {
+        VERIFY_GRACE
+    } else {
+        3 * VERIFY_GRACE
+    };
     let stale: Vec<PeerId> = st
         .peers
         .iter()
-        .filter(|(_, p)| !p.verified && !p.is_relay && p.since.elapsed() > VERIFY_GRACE)
+        .filter(|(_, p)| !p.verified && !p.is_relay && p.since.elapsed() > grace)
         .map(|(id, _)| *id)
         .collect();
     for p in stale {
-        if st.invites.is_empty() {
-            warn!(peer = %p, "refusing peer: not a device of this person");
-            let _ = st.swarm.disconnect_peer_id(p);
-        }
+        warn!(peer = %p, "refusing peer: not a device of this person");
+        let _ = st.swarm.disconnect_peer_id(p);
     }
 }
 
