@@ -413,6 +413,9 @@ fn weftignore_and_default_ignores_keep_files_out_of_the_log() {
     env.write(".#notes.txt", b"emacs lock");
     env.write("~$report.docx", b"office lock");
     env.write("sub/.#lock", b"emacs lock");
+    // A weft folder copied in: its own state directory is not content.
+    env.write("sub/.weft/folder", b"another folder's marker");
+    env.write("sub/.weft/tmp/x.part", b"partial");
     let s = env.init_and_add();
     expect_counts(&s, &[("files_added", 3), ("dirs_added", 1)]);
     let want: BTreeSet<String> = [".weftignore", "keep.txt", "sub", "sub/top-only.txt"]

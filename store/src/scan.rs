@@ -41,7 +41,9 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// The hidden directory in each folder root for weft's temporary files.
 pub const TEMP_DIR: &str = ".weft";
 /// Patterns always ignored: weft's own temp dir, editors' swap and lock files.
-pub const DEFAULT_IGNORES: &[&str] = &["/.weft/", "*.swp", "~$*", ".#*"];
+/// `.weft/` at any depth: the root's is this folder's own state, and one further down is
+/// the state of a weft folder copied in (its partial files, its marker), never content.
+pub const DEFAULT_IGNORES: &[&str] = &[".weft/", "*.swp", "~$*", ".#*"];
 /// The ignore file read from the folder root.
 pub const IGNORE_FILE: &str = ".weftignore";
 /// The marker in every folder root (`.weft/folder`, holding the folder id): a root
