@@ -216,17 +216,51 @@ async fn report_live(
 /// What the key envelope of a folder is sealed for.
 pub const KEY_ENVELOPE_PURPOSE: &str = "folder-keys";
 
-/// A folder's id, name, secret and owner, sealed to this device's person's key.
-fn key_envelope(shared: &Shared, folder: &FolderRecord) -> Result<Vec<u8>, NodeError> {
-    let person = shared.store.identity().person.public();
-    let plain = postcard::to_stdvec(&weft_store::sync::SharedFolder::from(folder))
-        .map_err(|e| NodeError::Network(e.to_string()))?;
-    let wrapped = weft_crypto::wrap::wrap(&person, KEY_ENVELOPE_PURPOSE, &folder.id.0, &plain)
-        .map_err(weft_store::StoreError::from)?;
-    postcard::to_stdvec(&wrapped).map_err(|e| NodeError::Network(e.to_string()))
+/// What the envelope's signature is made for.
+const KEY_ENVELOPE_CONTEXT: &str = "folder-key-envelope";
+
+/// A key envelope as stored at a relay: the folder sealed to the person's X25519 key,
+/// and signed with the person key. Sealing alone is not enough: anyone can seal to a
+/// public key, so a relay could hand a recovering device a folder whose secret it
+/// chose, and read what is then written into it. The signature says one of this
+/// person's devices made it.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    wrapped: weft_crypto::wrap::WrappedKey,
+    signature: weft_crypto::Signature,
 }
 
-/// Opens a key envelope of `folder` with the person key.
+fn envelope_message(folder: &weft_crypto::FolderId, plain: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + plain.len());
+    m.extend_from_slice(&folder.0);
+    m.extend_from_slice(plain);
+    m
+}
+
+/// Seals and signs `folder` for `person` (its own person key).
+pub fn seal_key_envelope(
+    person: &weft_crypto::SecretKey,
+    folder: &weft_store::sync::SharedFolder,
+) -> Result<Vec<u8>, NodeError> {
+    let plain = postcard::to_stdvec(folder).map_err(|e| NodeError::Network(e.to_string()))?;
+    let wrapped =
+        weft_crypto::wrap::wrap(&person.public(), KEY_ENVELOPE_PURPOSE, &folder.id.0, &plain)
+            .map_err(weft_store::StoreError::from)?;
+    let signature = person.sign(KEY_ENVELOPE_CONTEXT, &envelope_message(&folder.id, &plain));
+    postcard::to_stdvec(&Envelope { wrapped, signature })
+        .map_err(|e| NodeError::Network(e.to_string()))
+}
+
+/// A folder's id, name, secret and owner, sealed to this device's person's key.
+fn key_envelope(shared: &Shared, folder: &FolderRecord) -> Result<Vec<u8>, NodeError> {
+    seal_key_envelope(
+        &shared.store.identity().person,
+        &weft_store::sync::SharedFolder::from(folder),
+    )
+}
+
+/// Opens a key envelope of `folder` with the person key, and checks that this person
+/// made it.
 pub fn open_key_envelope(
     person: &weft_crypto::SecretKey,
     folder: &weft_crypto::FolderId,
@@ -234,16 +268,72 @@ pub fn open_key_envelope(
 ) -> Result<weft_store::sync::SharedFolder, NodeError> {
     let bad =
         |reason: String| NodeError::Refused(format!("a key envelope from the relay: {reason}"));
-    let wrapped: weft_crypto::wrap::WrappedKey =
-        postcard::from_bytes(envelope).map_err(|e| bad(e.to_string()))?;
-    let plain = weft_crypto::wrap::unwrap(person, KEY_ENVELOPE_PURPOSE, &folder.0, &wrapped)
+    let env: Envelope = postcard::from_bytes(envelope).map_err(|e| bad(e.to_string()))?;
+    let plain = weft_crypto::wrap::unwrap(person, KEY_ENVELOPE_PURPOSE, &folder.0, &env.wrapped)
         .map_err(|e| bad(e.to_string()))?;
+    person
+        .public()
+        .verify(
+            KEY_ENVELOPE_CONTEXT,
+            &envelope_message(folder, &plain),
+            &env.signature,
+        )
+        .map_err(|_| bad("not signed by this person: not made by one of your devices".into()))?;
     let shared: weft_store::sync::SharedFolder =
         postcard::from_bytes(&plain).map_err(|e| bad(e.to_string()))?;
     if shared.id != *folder {
         return Err(bad("it is for another folder".into()));
     }
     Ok(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_crypto::{FolderId, FolderSecret, PersonId, SecretKey};
+    use weft_store::sync::SharedFolder;
+
+    fn folder(person: &SecretKey) -> SharedFolder {
+        SharedFolder {
+            id: FolderId::generate(),
+            name: "photos".into(),
+            secret: FolderSecret::generate(),
+            owner: PersonId(person.public()),
+        }
+    }
+
+    #[test]
+    fn an_envelope_opens_only_for_its_person_and_only_if_that_person_made_it() {
+        let me = SecretKey::generate();
+        let f = folder(&me);
+        let env = seal_key_envelope(&me, &f).expect("seals");
+        let got = open_key_envelope(&me, &f.id, &env).expect("opens");
+        assert_eq!(got.secret, f.secret);
+        assert_eq!(got.name, "photos");
+
+        // Someone else's key opens nothing; another folder's id neither.
+        let other = SecretKey::generate();
+        assert!(open_key_envelope(&other, &f.id, &env).is_err());
+        assert!(open_key_envelope(&me, &FolderId::generate(), &env).is_err());
+
+        // Sealed to me by someone else (a relay choosing the secret): refused.
+        let planted = folder(&me);
+        let plain = postcard::to_stdvec(&planted).expect("encodes");
+        let wrapped =
+            weft_crypto::wrap::wrap(&me.public(), KEY_ENVELOPE_PURPOSE, &planted.id.0, &plain)
+                .expect("wraps");
+        let signature = other.sign(KEY_ENVELOPE_CONTEXT, &envelope_message(&planted.id, &plain));
+        let forged = postcard::to_stdvec(&Envelope { wrapped, signature }).expect("encodes");
+        let e = open_key_envelope(&me, &planted.id, &forged).expect_err("refused");
+        assert!(e.to_string().contains("not signed by this person"), "{e}");
+
+        // A flipped bit anywhere: refused.
+        for i in [0, env.len() / 2, env.len() - 1] {
+            let mut t = env.clone();
+            t[i] ^= 1;
+            assert!(open_key_envelope(&me, &f.id, &t).is_err(), "bit at {i}");
+        }
+    }
 }
 
 async fn upload_folder(
