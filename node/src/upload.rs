@@ -287,55 +287,6 @@ pub fn open_key_envelope(
     Ok(shared)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use weft_crypto::{FolderId, FolderSecret, PersonId, SecretKey};
-    use weft_store::sync::SharedFolder;
-
-    fn folder(person: &SecretKey) -> SharedFolder {
-        SharedFolder {
-            id: FolderId::generate(),
-            name: "photos".into(),
-            secret: FolderSecret::generate(),
-            owner: PersonId(person.public()),
-        }
-    }
-
-    #[test]
-    fn an_envelope_opens_only_for_its_person_and_only_if_that_person_made_it() {
-        let me = SecretKey::generate();
-        let f = folder(&me);
-        let env = seal_key_envelope(&me, &f).expect("seals");
-        let got = open_key_envelope(&me, &f.id, &env).expect("opens");
-        assert_eq!(got.secret, f.secret);
-        assert_eq!(got.name, "photos");
-
-        // Someone else's key opens nothing; another folder's id neither.
-        let other = SecretKey::generate();
-        assert!(open_key_envelope(&other, &f.id, &env).is_err());
-        assert!(open_key_envelope(&me, &FolderId::generate(), &env).is_err());
-
-        // Sealed to me by someone else (a relay choosing the secret): refused.
-        let planted = folder(&me);
-        let plain = postcard::to_stdvec(&planted).expect("encodes");
-        let wrapped =
-            weft_crypto::wrap::wrap(&me.public(), KEY_ENVELOPE_PURPOSE, &planted.id.0, &plain)
-                .expect("wraps");
-        let signature = other.sign(KEY_ENVELOPE_CONTEXT, &envelope_message(&planted.id, &plain));
-        let forged = postcard::to_stdvec(&Envelope { wrapped, signature }).expect("encodes");
-        let e = open_key_envelope(&me, &planted.id, &forged).expect_err("refused");
-        assert!(e.to_string().contains("not signed by this person"), "{e}");
-
-        // A flipped bit anywhere: refused.
-        for i in [0, env.len() / 2, env.len() - 1] {
-            let mut t = env.clone();
-            t[i] ^= 1;
-            assert!(open_key_envelope(&me, &f.id, &t).is_err(), "bit at {i}");
-        }
-    }
-}
-
 async fn upload_folder(
     shared: &Arc<Shared>,
     cmds: &mpsc::Sender<Cmd>,
@@ -531,4 +482,53 @@ async fn upload_chunks(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_crypto::{FolderId, FolderSecret, PersonId, SecretKey};
+    use weft_store::sync::SharedFolder;
+
+    fn folder(person: &SecretKey) -> SharedFolder {
+        SharedFolder {
+            id: FolderId::generate(),
+            name: "photos".into(),
+            secret: FolderSecret::generate(),
+            owner: PersonId(person.public()),
+        }
+    }
+
+    #[test]
+    fn an_envelope_opens_only_for_its_person_and_only_if_that_person_made_it() {
+        let me = SecretKey::generate();
+        let f = folder(&me);
+        let env = seal_key_envelope(&me, &f).expect("seals");
+        let got = open_key_envelope(&me, &f.id, &env).expect("opens");
+        assert_eq!(got.secret, f.secret);
+        assert_eq!(got.name, "photos");
+
+        // Someone else's key opens nothing; another folder's id neither.
+        let other = SecretKey::generate();
+        assert!(open_key_envelope(&other, &f.id, &env).is_err());
+        assert!(open_key_envelope(&me, &FolderId::generate(), &env).is_err());
+
+        // Sealed to me by someone else (a relay choosing the secret): refused.
+        let planted = folder(&me);
+        let plain = postcard::to_stdvec(&planted).expect("encodes");
+        let wrapped =
+            weft_crypto::wrap::wrap(&me.public(), KEY_ENVELOPE_PURPOSE, &planted.id.0, &plain)
+                .expect("wraps");
+        let signature = other.sign(KEY_ENVELOPE_CONTEXT, &envelope_message(&planted.id, &plain));
+        let forged = postcard::to_stdvec(&Envelope { wrapped, signature }).expect("encodes");
+        let e = open_key_envelope(&me, &planted.id, &forged).expect_err("refused");
+        assert!(e.to_string().contains("not signed by this person"), "{e}");
+
+        // A flipped bit anywhere: refused.
+        for i in [0, env.len() / 2, env.len() - 1] {
+            let mut t = env.clone();
+            t[i] ^= 1;
+            assert!(open_key_envelope(&me, &f.id, &t).is_err(), "bit at {i}");
+        }
+    }
 }
