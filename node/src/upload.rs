@@ -42,7 +42,8 @@ pub struct RelayStatus {
     pub entries_uploaded: u64,
     /// Chunks uploaded since start.
     pub chunks_uploaded: u64,
-    /// A rollback this node saw (the relay showed less than it had shown before).
+    /// Why this node distrusts the relay, if it does: a rollback (it showed less than
+    /// it had shown before) or a claim to hold entries of this device it never wrote.
     #[serde(default)]
     pub rollback: Option<String>,
 }
@@ -318,6 +319,25 @@ async fn upload_folder(
         warn!(relay = %relay, "{msg}; uploading them again");
         set(shared, &relay, |s| s.last_error = Some(msg.clone()));
         set_rollback(shared, &relay, msg);
+    }
+    // Nor can it hold entries of this device beyond the last one this device wrote:
+    // a relay claiming so would keep this device's changes from being backed up.
+    let me = shared.store.identity().device_id();
+    let mine = shared
+        .store
+        .tips(&folder.id)?
+        .into_iter()
+        .find(|(a, _)| *a == me)
+        .map_or(0, |(_, s)| s);
+    if have.get(&me).is_some_and(|t| *t > mine) {
+        let msg = format!(
+            "the relay claims entries of this device it never wrote in folder {} (#{} > #{mine}): not trusting its tips",
+            folder.name, have[&me]
+        );
+        warn!(relay = %relay, "{msg}");
+        set(shared, &relay, |s| s.last_error = Some(msg.clone()));
+        set_rollback(shared, &relay, msg.clone());
+        return Err(NodeError::Refused(msg));
     }
     let seen: Vec<(DeviceId, u64)> = have.iter().map(|(a, s)| (*a, *s)).collect();
     shared.store.raise_relay_marks(&rid, &folder.id, &seen)?;

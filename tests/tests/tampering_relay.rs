@@ -78,6 +78,8 @@ enum Tamper {
         with: Vec<u8>,
         extra: Vec<Vec<u8>>,
     },
+    /// Says in Tips that it holds this author's chain up to this sequence.
+    Inflate(DeviceId, u64),
 }
 
 impl Tamper {
@@ -450,6 +452,10 @@ fn store_answer(s: &Shared, peer: PeerId, req: StoreRequest) -> StoreResponse {
                             .map(|(_, max)| (a, seq.min(*max)))
                     })
                     .collect();
+            }
+            if let Tamper::Inflate(author, seq) = &*s.tamper.lock().unwrap() {
+                tips.retain(|(a, _)| a != author);
+                tips.push((*author, *seq));
             }
             StoreResponse::Tips { tips }
         }
@@ -1102,5 +1108,31 @@ async fn an_honest_harness_serves_a_faithful_copy() {
     assert!(warnings.is_empty(), "{warnings:#?}");
     assert_eq!(s.harness.seen(|x| x.tampered_pulls), 0);
     s.b.stop().await;
+    s.finish().await;
+}
+
+/// A relay claiming to hold more of a device's own chain than the device ever wrote
+/// (so that its new changes would never be backed up) is caught by that device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_claiming_entries_a_device_never_wrote_is_reported() {
+    let mut s = scene(|_| {}, |_| {}).await;
+    let relay = s.harness.id();
+    s.harness.set(Tamper::Inflate(s.a_id, s.a_tip0 + 1000));
+    let already = log_lines(&[" WARN ", &relay, "never wrote"]).len();
+    s.a.start(&[]);
+    wait_log(
+        &[" WARN ", &relay, "never wrote"],
+        already,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        s.a.relays().iter().any(|r| r
+            .rollback
+            .as_deref()
+            .is_some_and(|m| m.contains("never wrote"))),
+        "{:?}",
+        s.a.relays()
+    );
     s.finish().await;
 }
