@@ -1070,6 +1070,10 @@ fn up(
             id.device_id(),
             id.person_id()
         );
+        println!(
+            "Your recovery key (write it down, keep it secret; with it and a relay a new device gets your folders back; `weft recovery-key` shows it again):\n  {}",
+            weft_crypto::recovery::encode(&id.person)
+        );
     }
     if let Some(p) = path {
         let store = open(home)?;
