@@ -163,7 +163,7 @@ fn round(
     let mut done_bytes = 0u64;
     let mut skipped = 0usize;
     let kept = keep_parts(store, &folder, &plan)?;
-    let mut prefetch = Prefetch::new(shared, &plan, &kept)?;
+    let mut prefetch = Prefetch::new(shared, &plan, kept)?;
     prefetch.pump(shared, cmds)?;
     // Origins whose conflict copy could not be written: their file is not replaced
     // this round (it may be the only copy of the losing version).
@@ -641,7 +641,12 @@ fn assemble(
 ) -> Result<(), NodeError> {
     let store = &shared.store;
     let chunks = &manifest.chunks;
-    let (kept, kept_bytes) = resumable(secret, manifest, tmp)?;
+    // What an earlier attempt left: checked at the start of the round (the first
+    // attempt of this round takes that count), or now.
+    let (kept, kept_bytes) = match prefetch.kept.remove(&manifest.hash) {
+        Some(n) => (n, chunks[..n].iter().map(|c| u64::from(c.len)).sum()),
+        None => resumable(secret, manifest, tmp)?,
+    };
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .read(true)
@@ -768,6 +773,9 @@ pub(crate) struct Prefetch {
     ahead: VecDeque<ChunkRef>,
     inflight: std::collections::HashMap<ChunkId, oneshot::Receiver<Option<Vec<u8>>>>,
     claimed: std::collections::HashSet<ChunkId>,
+    /// Intact leading chunks of the partial files found at the start of the round, by
+    /// manifest hash (taken by the first attempt at each file).
+    kept: std::collections::HashMap<Hash, usize>,
 }
 
 /// Chunks fetched ahead of the file being written.
@@ -779,7 +787,7 @@ impl Prefetch {
     fn new(
         shared: &Shared,
         plan: &[Action],
-        kept: &std::collections::HashMap<Hash, usize>,
+        kept: std::collections::HashMap<Hash, usize>,
     ) -> Result<Prefetch, NodeError> {
         let mut seen = std::collections::HashSet::new();
         let mut ahead = VecDeque::new();
@@ -797,6 +805,7 @@ impl Prefetch {
             ahead,
             inflight: std::collections::HashMap::new(),
             claimed: std::collections::HashSet::new(),
+            kept,
         })
     }
 

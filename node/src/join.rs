@@ -56,11 +56,11 @@ pub async fn join(home: &Home, code: &str, dir: &Path, name: &str) -> Result<Joi
     };
     let me = DeviceId(device.public());
     let mut swarm = crate::node::swarm_with(&device, Duration::from_secs(30), |_| JoinBehaviour {
-        pair: request_response::Behaviour::with_codec(
-            Codec::new(MAX_PAIR_MESSAGE, MAX_PAIR_MESSAGE),
-            [(PAIR_PROTOCOL, ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(JOIN_TIMEOUT),
-        ),
+        pair: pair_behaviour(Use {
+            support: ProtocolSupport::Full,
+            streams: 2,
+            timeout: JOIN_TIMEOUT,
+        }),
     })?;
     let inviter = crate::node::peer_id_of(&inv.device)
         .ok_or_else(|| NodeError::Pairing("bad inviter id".into()))?;

@@ -54,6 +54,9 @@ pub enum NodeError {
     /// Pairing failed.
     #[error("pairing failed: {0}")]
     Pairing(String),
+    /// Recovering from the recovery key and a relay failed.
+    #[error("recovery failed: {0}")]
+    Recovery(String),
     /// A remote change would write outside the folder.
     #[error("refused to write {0}: a parent directory is a symlink or not a directory")]
     UnsafePath(String),

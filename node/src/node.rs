@@ -286,10 +286,10 @@ fn swarm_with_relay_client<B: NetworkBehaviour>(
 
 fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
     let mdns_on = cfg.mdns;
-    let rr = |max: usize| {
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(30))
-            .with_max_concurrent_streams(max)
+    let rr = |support, streams| Use {
+        support,
+        streams,
+        timeout: Duration::from_secs(30),
     };
     swarm_with_relay_client(
         &shared.store.identity().device,
@@ -319,26 +319,10 @@ fn build_swarm(shared: &Shared, cfg: &NodeConfig) -> Result<Swarm<Behaviour>, No
                     ping::Config::new().with_interval(Duration::from_secs(15)),
                 ),
                 mdns: Toggle::from(mdns),
-                sync: request_response::Behaviour::with_codec(
-                    Codec::new(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
-                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                    rr(32),
-                ),
-                chunk: request_response::Behaviour::with_codec(
-                    Codec::new(MAX_CHUNK_REQUEST, MAX_CHUNK_MESSAGE),
-                    [(CHUNK_PROTOCOL, ProtocolSupport::Full)],
-                    rr(64),
-                ),
-                store: request_response::Behaviour::with_codec(
-                    Codec::new(MAX_STORE_MESSAGE, 1 << 20),
-                    [(STORE_PROTOCOL, ProtocolSupport::Outbound)],
-                    rr(8),
-                ),
-                pair: request_response::Behaviour::with_codec(
-                    Codec::new(MAX_PAIR_MESSAGE, MAX_PAIR_MESSAGE),
-                    [(PAIR_PROTOCOL, ProtocolSupport::Full)],
-                    rr(4),
-                ),
+                sync: sync_behaviour(rr(ProtocolSupport::Full, 32)),
+                chunk: chunk_behaviour(rr(ProtocolSupport::Full, 64)),
+                store: store_behaviour(rr(ProtocolSupport::Outbound, 8)),
+                pair: pair_behaviour(rr(ProtocolSupport::Full, 4)),
             }
         },
     )

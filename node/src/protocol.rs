@@ -10,6 +10,7 @@
 //! (a stream, its negotiation, a timer) is paid once per batch, not once per 64 KiB.
 use libp2p::StreamProtocol;
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::request_response::{self, ProtocolSupport};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io;
 use std::marker::PhantomData;
@@ -181,8 +182,6 @@ pub enum StoreRequest {
         /// Chunk ids and ciphertexts, at most about [`MAX_BATCH_BYTES`].
         chunks: Vec<(ChunkId, serde_bytes::ByteBuf)>,
     },
-    /// The folders of the sender's person that the relay stores.
-    Folders,
     /// Stores the sender's person's envelope of a folder's keys (sealed to the
     /// person's key with [`weft_crypto::wrap`]; the relay cannot open it).
     PutKey {
@@ -234,11 +233,6 @@ pub enum StoreResponse {
         /// can see that an upload will not fit before sending any of it.
         room: Option<u64>,
     },
-    /// Answers `Folders`.
-    Folders {
-        /// The folders.
-        folders: Vec<FolderId>,
-    },
     /// Answers `PutKey`.
     KeyStored,
     /// Answers `Keys`: per folder, the envelope.
@@ -258,7 +252,8 @@ pub const MAX_LIVE_IDS: usize = 350_000;
 /// Most chunk ids one `Missing` request may carry.
 pub const MAX_STORE_IDS: usize = 4096;
 /// Largest `/weft/store/1` message: a batch of entries (≤ 4 MiB, one entry ≤ 8 MiB)
-/// or of chunks, plus framing.
+/// or of chunks, plus framing (the same bound holds for answers: a person's key
+/// envelopes, tips, missing ids).
 pub const MAX_STORE_MESSAGE: usize = 12 << 20;
 
 /// Requests that can stand for an unreadable one.
@@ -312,6 +307,59 @@ pub enum PairResponse {
         /// Why.
         reason: String,
     },
+}
+
+/// How one side uses a protocol: which of its directions it speaks (requests out, in,
+/// or both), how many requests may run at once on a connection, and how long one may
+/// take. Everything else about a protocol (name, limits) is fixed by the constructors
+/// below, so the node, the relay and the tests cannot disagree on it.
+#[derive(Clone, Debug)]
+pub struct Use {
+    /// Directions spoken.
+    pub support: ProtocolSupport,
+    /// Concurrent requests per connection.
+    pub streams: usize,
+    /// Per-request timeout.
+    pub timeout: std::time::Duration,
+}
+
+fn behaviour<Req, Resp>(
+    protocol: StreamProtocol,
+    max_request: usize,
+    max_response: usize,
+    u: Use,
+) -> request_response::Behaviour<Codec<Req, Resp>>
+where
+    Req: Serialize + DeserializeOwned + Unreadable + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    request_response::Behaviour::with_codec(
+        Codec::new(max_request, max_response),
+        [(protocol, u.support)],
+        request_response::Config::default()
+            .with_request_timeout(u.timeout)
+            .with_max_concurrent_streams(u.streams),
+    )
+}
+
+/// `/weft/sync/1` with its limits.
+pub fn sync_behaviour(u: Use) -> request_response::Behaviour<Codec<SyncRequest, SyncResponse>> {
+    behaviour(SYNC_PROTOCOL, MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE, u)
+}
+
+/// `/weft/chunk/1` with its limits.
+pub fn chunk_behaviour(u: Use) -> request_response::Behaviour<Codec<ChunkRequest, ChunkResponse>> {
+    behaviour(CHUNK_PROTOCOL, MAX_CHUNK_REQUEST, MAX_CHUNK_MESSAGE, u)
+}
+
+/// `/weft/store/1` with its limits.
+pub fn store_behaviour(u: Use) -> request_response::Behaviour<Codec<StoreRequest, StoreResponse>> {
+    behaviour(STORE_PROTOCOL, MAX_STORE_MESSAGE, MAX_STORE_MESSAGE, u)
+}
+
+/// `/weft/pair/1` with its limits.
+pub fn pair_behaviour(u: Use) -> request_response::Behaviour<Codec<PairRequest, PairResponse>> {
+    behaviour(PAIR_PROTOCOL, MAX_PAIR_MESSAGE, MAX_PAIR_MESSAGE, u)
 }
 
 /// Length-prefixed postcard framing with a maximum size per direction.

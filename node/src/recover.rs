@@ -36,7 +36,7 @@ pub async fn recover(
     dir: &Path,
     name: &str,
 ) -> Result<Joined, NodeError> {
-    let fail = |m: String| NodeError::Pairing(m);
+    let fail = NodeError::Recovery;
     let person = weft_crypto::recovery::decode(recovery_key).map_err(|e| fail(e.to_string()))?;
     if home.is_initialized() {
         return Err(fail(format!(
@@ -57,11 +57,11 @@ pub async fn recover(
     let me = DeviceId(device.public());
     let cert = DeviceCertificate::issue(&person, me, name, now_ms());
     let mut swarm = crate::node::swarm_with(&device, RECOVER_TIMEOUT, |_| RecoverBehaviour {
-        store: request_response::Behaviour::with_codec(
-            Codec::new(MAX_STORE_MESSAGE, MAX_STORE_MESSAGE),
-            [(STORE_PROTOCOL, ProtocolSupport::Outbound)],
-            request_response::Config::default().with_request_timeout(RECOVER_TIMEOUT),
-        ),
+        store: store_behaviour(Use {
+            support: ProtocolSupport::Outbound,
+            streams: 2,
+            timeout: RECOVER_TIMEOUT,
+        }),
     })?;
     swarm.add_peer_address(relay_peer, addr);
     let mut ask = async |req: StoreRequest| -> Result<StoreResponse, NodeError> {
@@ -133,7 +133,7 @@ async fn answer(
             SwarmEvent::Behaviour(RecoverBehaviourEvent::Store(
                 request_response::Event::OutboundFailure { error, .. },
             )) => {
-                return Err(NodeError::Pairing(format!(
+                return Err(NodeError::Recovery(format!(
                     "cannot reach the relay: {error}"
                 )));
             }

@@ -9,7 +9,7 @@
 //! device that has them is uploading. A pass runs when the relay connects, after a
 //! local change, and every minute.
 //!
-//! Memory: one batch of entries (≤ 4 MiB) and one batch of chunks (≈ 1 MiB) at a time.
+//! Memory: one batch of entries (≤ 4 MiB) and one batch of chunks (≈ 512 KiB) at a time.
 use crate::node::Cmd;
 use crate::protocol::{MAX_BATCH_BYTES, MAX_LIVE_IDS, MAX_STORE_IDS, StoreRequest, StoreResponse};
 use crate::{NodeError, Shared};
@@ -104,10 +104,10 @@ pub(crate) async fn uploader(
     relay: PeerId,
     kick: Arc<Notify>,
 ) {
-    let mut live_sent = HashMap::new();
+    let mut sent = Sent::default();
     loop {
         set(&shared, &relay, |s| s.state = "uploading".into());
-        match pass(&shared, &cmds, relay, &mut live_sent).await {
+        match pass(&shared, &cmds, relay, &mut sent).await {
             Ok(()) => set(&shared, &relay, |s| {
                 s.state = "in sync".into();
                 s.last_error = None;
@@ -132,7 +132,7 @@ async fn pass(
     shared: &Arc<Shared>,
     cmds: &mpsc::Sender<Cmd>,
     relay: PeerId,
-    live_sent: &mut HashMap<weft_crypto::FolderId, std::time::Instant>,
+    sent: &mut Sent,
 ) -> Result<(), NodeError> {
     let cert = shared.store.identity().cert.to_bytes();
     let retention_days = match ask(cmds, relay, StoreRequest::Register { cert }).await? {
@@ -147,31 +147,44 @@ async fn pass(
     };
     for folder in folders {
         // The folder's keys, sealed to this person's key: what a device recovering
-        // with the recovery key gets them back from.
-        let envelope = key_envelope(shared, &folder)?;
-        match ask(
-            cmds,
-            relay,
-            StoreRequest::PutKey {
-                folder: folder.id,
-                envelope,
-            },
-        )
-        .await?
-        {
-            StoreResponse::KeyStored => {}
-            r => return Err(unexpected(r)),
+        // with the recovery key gets them back from. Once per secret.
+        if sent.keys.get(&folder.id) != Some(&folder.secret.epoch) {
+            let envelope = key_envelope(shared, &folder)?;
+            match ask(
+                cmds,
+                relay,
+                StoreRequest::PutKey {
+                    folder: folder.id,
+                    envelope,
+                },
+            )
+            .await?
+            {
+                StoreResponse::KeyStored => {}
+                r => return Err(unexpected(r)),
+            }
+            sent.keys.insert(folder.id, folder.secret.epoch);
         }
         upload_folder(shared, cmds, relay, folder.clone()).await?;
-        let due = live_sent
+        let due = sent
+            .live
             .get(&folder.id)
             .is_none_or(|t| t.elapsed() >= LIVE_EVERY);
         if due {
             report_live(shared, cmds, relay, &folder, retention_days).await?;
-            live_sent.insert(folder.id, std::time::Instant::now());
+            sent.live.insert(folder.id, std::time::Instant::now());
         }
     }
     Ok(())
+}
+
+/// What an uploader already told its relay since it started.
+#[derive(Default)]
+struct Sent {
+    /// Per folder, the secret epoch whose key envelope the relay has.
+    keys: HashMap<weft_crypto::FolderId, u32>,
+    /// Per folder, when the last live report went.
+    live: HashMap<weft_crypto::FolderId, std::time::Instant>,
 }
 
 /// How often a device tells a relay which chunks its retained versions still need.

@@ -310,10 +310,10 @@ pub async fn serve(
     )?);
     let metrics = Arc::new(Metrics::default());
     let limits = cfg.circuits.clone();
-    let rr = |max: usize| {
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(60))
-            .with_max_concurrent_streams(max)
+    let rr = |support, streams| Use {
+        support,
+        streams,
+        timeout: Duration::from_secs(60),
     };
     let mut swarm = weft_node::node::swarm_with(&key, Duration::from_secs(120), |k| {
         let local = k.public().to_peer_id();
@@ -349,21 +349,9 @@ pub async fn serve(
                     .with_max_registration_total(100_000)
                     .with_max_ttl(4 * 3600),
             ),
-            sync: request_response::Behaviour::with_codec(
-                Codec::new(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
-                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                rr(32),
-            ),
-            chunk: request_response::Behaviour::with_codec(
-                Codec::new(MAX_CHUNK_REQUEST, MAX_CHUNK_MESSAGE),
-                [(CHUNK_PROTOCOL, ProtocolSupport::Inbound)],
-                rr(16),
-            ),
-            store: request_response::Behaviour::with_codec(
-                Codec::new(MAX_STORE_MESSAGE, 1 << 20),
-                [(STORE_PROTOCOL, ProtocolSupport::Inbound)],
-                rr(8),
-            ),
+            sync: sync_behaviour(rr(ProtocolSupport::Full, 32)),
+            chunk: chunk_behaviour(rr(ProtocolSupport::Inbound, 16)),
+            store: store_behaviour(rr(ProtocolSupport::Inbound, 8)),
         }
     })
     .map_err(|e| ServeError::Network(e.to_string()))?;
@@ -738,19 +726,6 @@ fn store_request(
                 .collect();
             match registered().and_then(|()| store.put_chunks(&dev, &folder, &chunks)) {
                 Ok(n) => (StoreResponse::Stored { count: n as u64 }, None),
-                Err(e) => (refused(e), None),
-            }
-        }
-        StoreRequest::Folders => {
-            metrics.request("folders");
-            let r = registered()
-                .and_then(|()| store.person_of(&dev))
-                .and_then(|p| match p {
-                    Some(p) => store.folders_of(&p),
-                    None => Ok(Vec::new()),
-                });
-            match r {
-                Ok(folders) => (StoreResponse::Folders { folders }, None),
                 Err(e) => (refused(e), None),
             }
         }

@@ -31,12 +31,11 @@ impl Client {
         };
         let mut swarm =
             weft_node::node::swarm_with(device, Duration::from_secs(60), |_| Uploader {
-                store: request_response::Behaviour::with_codec(
-                    Codec::new(MAX_STORE_MESSAGE, MAX_STORE_MESSAGE),
-                    [(STORE_PROTOCOL, ProtocolSupport::Outbound)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(20)),
-                ),
+                store: store_behaviour(Use {
+                    support: ProtocolSupport::Outbound,
+                    streams: 2,
+                    timeout: Duration::from_secs(20),
+                }),
             })
             .unwrap();
         swarm.add_peer_address(relay, addr);

@@ -26,10 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use weft_crypto::{ChunkId, DeviceId, FolderId, SecretKey};
 use weft_node::protocol::{
-    CHUNK_PROTOCOL, ChunkAnswer, ChunkRequest, ChunkResponse, Codec, MAX_BATCH_BYTES,
-    MAX_BATCH_CHUNKS, MAX_CHUNK_MESSAGE, MAX_CHUNK_REQUEST, MAX_STORE_IDS, MAX_STORE_MESSAGE,
-    MAX_SYNC_MESSAGE, STORE_PROTOCOL, SYNC_PROTOCOL, StoreRequest, StoreResponse, SyncRequest,
-    SyncResponse,
+    ChunkAnswer, ChunkRequest, ChunkResponse, Codec, MAX_BATCH_BYTES, MAX_BATCH_CHUNKS,
+    MAX_STORE_IDS, StoreRequest, StoreResponse, SyncRequest, SyncResponse, Use, chunk_behaviour,
+    store_behaviour, sync_behaviour,
 };
 use weft_relay::storage::{RelayStore, StorageConfig};
 use weft_store::log::Entry;
@@ -137,10 +136,10 @@ impl Harness {
         std::fs::create_dir_all(data).unwrap();
         let store = Arc::new(RelayStore::open(data, StorageConfig::default()).unwrap());
         let key = SecretKey::generate();
-        let rr = |max: usize| {
-            request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(60))
-                .with_max_concurrent_streams(max)
+        let rr = |support, streams| Use {
+            support,
+            streams,
+            timeout: Duration::from_secs(60),
         };
         let mut swarm =
             weft_node::node::swarm_with(&key, Duration::from_secs(120), |k| HarnessBehaviour {
@@ -149,21 +148,9 @@ impl Harness {
                     k.public(),
                 )),
                 ping: ping::Behaviour::new(ping::Config::new()),
-                sync: request_response::Behaviour::with_codec(
-                    Codec::new(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
-                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                    rr(32),
-                ),
-                chunk: request_response::Behaviour::with_codec(
-                    Codec::new(MAX_CHUNK_REQUEST, MAX_CHUNK_MESSAGE),
-                    [(CHUNK_PROTOCOL, ProtocolSupport::Inbound)],
-                    rr(16),
-                ),
-                store: request_response::Behaviour::with_codec(
-                    Codec::new(MAX_STORE_MESSAGE, 1 << 20),
-                    [(STORE_PROTOCOL, ProtocolSupport::Inbound)],
-                    rr(8),
-                ),
+                sync: sync_behaviour(rr(ProtocolSupport::Full, 32)),
+                chunk: chunk_behaviour(rr(ProtocolSupport::Inbound, 16)),
+                store: store_behaviour(rr(ProtocolSupport::Inbound, 8)),
             })
             .unwrap();
         swarm
@@ -512,12 +499,6 @@ fn store_answer(s: &Shared, peer: PeerId, req: StoreRequest) -> StoreResponse {
                 .collect();
             match store.put_chunks(&dev, &folder, &chunks) {
                 Ok(n) => StoreResponse::Stored { count: n as u64 },
-                Err(e) => refused(&e),
-            }
-        }
-        StoreRequest::Folders => {
-            match registered().and_then(|p| store.folders_of(&p).map_err(|e| e.to_string())) {
-                Ok(folders) => StoreResponse::Folders { folders },
                 Err(e) => refused(&e),
             }
         }
