@@ -1045,14 +1045,7 @@ fn handle_sync_request(st: &mut State, peer: PeerId, req: SyncRequest) -> SyncRe
             }
             match store(st).entries_since(&folder, &have) {
                 Ok((entries, more)) => {
-                    let mut authors: Vec<DeviceId> = entries
-                        .iter()
-                        .filter_map(|e| weft_store::log::Entry::decode(e).ok())
-                        .map(|e| e.header.author)
-                        .collect();
-                    authors.sort();
-                    authors.dedup();
-                    let certs = authors
+                    let certs = weft_store::log::authors(&entries)
                         .iter()
                         .filter_map(|a| store(st).device_cert(a).ok().flatten())
                         .map(|c| serde_bytes::ByteBuf::from(c.to_bytes()))

@@ -416,17 +416,12 @@ async fn upload_folder(
         }
         upload_chunks(shared, cmds, relay, &folder, missing).await?;
         // Then the entries, with their authors' certificates.
-        let mut authors: Vec<DeviceId> = Vec::new();
-        let mut tips: Vec<(DeviceId, u64)> = Vec::new();
-        for raw in &entries {
-            if let Ok(e) = weft_store::log::Entry::decode(raw) {
-                authors.push(e.header.author);
-                tips.push((e.header.author, e.header.seq));
-            }
-        }
-        authors.sort();
-        authors.dedup();
-        let certs = authors
+        let tips: Vec<(DeviceId, u64)> = entries
+            .iter()
+            .filter_map(|raw| weft_store::log::Entry::decode(raw).ok())
+            .map(|e| (e.header.author, e.header.seq))
+            .collect();
+        let certs = weft_store::log::authors(&entries)
             .iter()
             .filter_map(|a| shared.store.device_cert(a).ok().flatten())
             .map(|c| ByteBuf::from(c.to_bytes()))

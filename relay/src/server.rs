@@ -817,15 +817,8 @@ fn sync_request(
                     });
                 }
                 let (entries, more) = store.entries_since(&folder, &have, 4 << 20)?;
-                let mut authors: Vec<DeviceId> = entries
-                    .iter()
-                    .filter_map(|e| weft_store::log::Entry::decode(e).ok())
-                    .map(|e| e.header.author)
-                    .collect();
-                authors.sort();
-                authors.dedup();
                 let mut certs = Vec::new();
-                for a in authors {
+                for a in weft_store::log::authors(&entries) {
                     if let Some(c) = store.device_cert(&a)? {
                         certs.push(serde_bytes::ByteBuf::from(c));
                     }

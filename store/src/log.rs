@@ -504,6 +504,19 @@ impl Entry {
     }
 }
 
+/// The distinct authors of encoded entries (undecodable ones skipped), sorted: whose
+/// certificates travel with them.
+pub fn authors(entries: &[Vec<u8>]) -> Vec<DeviceId> {
+    let mut a: Vec<DeviceId> = entries
+        .iter()
+        .filter_map(|e| Entry::decode(e).ok())
+        .map(|e| e.header.author)
+        .collect();
+    a.sort();
+    a.dedup();
+    a
+}
+
 /// Checks that `entry` extends its author's chain, whose last accepted entry is `tip`
 /// (`None` if none yet).
 pub fn check_chain(entry: &Entry, tip: Option<(u64, Hash)>) -> Result<()> {

@@ -332,14 +332,7 @@ fn sync_answer(s: &Shared, peer: PeerId, req: SyncRequest) -> SyncResponse {
     if !tamper.honest() {
         s.seen.lock().unwrap().tampered_pulls += 1;
     }
-    let mut authors: Vec<DeviceId> = entries
-        .iter()
-        .filter_map(|raw| header_of(raw))
-        .map(|(a, _)| a)
-        .collect();
-    authors.sort();
-    authors.dedup();
-    let certs = authors
+    let certs = weft_store::log::authors(&entries)
         .iter()
         .filter_map(|a| store.device_cert(a).ok().flatten())
         .map(serde_bytes::ByteBuf::from)
