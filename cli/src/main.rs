@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use weft_node::control::{ControlRequest, ControlResponse};
+use weft_node::sharing::{SharingAnswer, SharingRequest};
 use weft_store::scan::{Progress, ScanSummary};
 use weft_store::store::{now_ms, resolve_home};
 use weft_store::{Home, Store};
@@ -121,6 +122,45 @@ enum Cmd {
     /// People you share with: record one after comparing fingerprints, list them.
     #[command(subcommand)]
     Contact(ContactCmd),
+    /// Share a folder you own with a contact (or change their role).
+    Share {
+        /// Folder name, id or path.
+        folder: String,
+        /// The contact (name or person id).
+        #[arg(long)]
+        with: String,
+        /// viewer (reads only) or editor (reads and writes).
+        #[arg(long)]
+        role: weft_store::members::Role,
+    },
+    /// Remove a person from a folder you own; the folder gets a new key.
+    Unshare {
+        /// Folder name, id or path.
+        folder: String,
+        /// The contact (name or person id).
+        #[arg(long)]
+        with: String,
+    },
+    /// List a folder's members and roles.
+    Members {
+        /// Folder name, id or path.
+        folder: String,
+    },
+    /// List folders shared with you that this device does not sync yet.
+    Shares,
+    /// Start syncing a folder shared with you.
+    Accept {
+        /// The share's name or folder id (from `weft shares`).
+        share: String,
+        /// Where to put it (default: next to your other folders).
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Decline a folder shared with you.
+    Decline {
+        /// The share's name or folder id.
+        share: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -281,6 +321,45 @@ fn absolute(p: &std::path::Path) -> Result<String> {
         std::env::current_dir()?.join(p)
     };
     Ok(abs.to_string_lossy().into_owned())
+}
+
+/// Runs a sharing command: through the node when it runs (it holds the store), on
+/// the store directly otherwise.
+fn sharing(home: &Home, command: SharingRequest) -> Result<SharingAnswer> {
+    if node_running(home) {
+        match control(home, ControlRequest::Sharing { command })? {
+            ControlResponse::Sharing { answer } => Ok(answer),
+            _ => bail!("unexpected answer from the node"),
+        }
+    } else {
+        let store = open(home)?;
+        Ok(weft_node::sharing::handle(&store, command)?)
+    }
+}
+
+/// Runs a sharing command whose answer is a message, and prints it.
+fn say(home: &Home, command: SharingRequest, json: bool) -> Result<()> {
+    let message = match sharing(home, command)? {
+        SharingAnswer::Changed(m) | SharingAnswer::Declined(m) => m,
+        _ => bail!("unexpected answer from the node"),
+    };
+    if json {
+        print_json(&serde_json::json!({ "message": message }))
+    } else {
+        println!("{message}");
+        Ok(())
+    }
+}
+
+/// A FOLDER argument for the node, which runs elsewhere: a path that exists becomes
+/// absolute; a name or id stays as it is.
+fn folder_arg(arg: &str) -> Result<String> {
+    let p = std::path::Path::new(arg);
+    if p.exists() {
+        absolute(p)
+    } else {
+        Ok(arg.to_string())
+    }
 }
 
 fn control(home: &Home, req: ControlRequest) -> Result<ControlResponse> {
@@ -761,6 +840,98 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Relay(cmd) => return relay(&home, cmd, json),
+        Cmd::Share { folder, with, role } => {
+            let folder = folder_arg(&folder)?;
+            say(&home, SharingRequest::Share { folder, with, role }, json)?;
+        }
+        Cmd::Unshare { folder, with } => {
+            let folder = folder_arg(&folder)?;
+            say(&home, SharingRequest::Unshare { folder, with }, json)?;
+        }
+        Cmd::Decline { share } => say(&home, SharingRequest::Decline { share }, json)?,
+        Cmd::Members { folder } => {
+            let folder = folder_arg(&folder)?;
+            let SharingAnswer::Members(members) =
+                sharing(&home, SharingRequest::Members { folder })?
+            else {
+                bail!("unexpected answer from the node");
+            };
+            if json {
+                let v: Vec<_> = members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "person": m.person.to_string(), "role": m.role.to_string(),
+                            "name": m.name, "fingerprint": m.person.fingerprint(),
+                        })
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for m in &members {
+                    let name = m.name.clone().unwrap_or_else(|| "(not a contact)".into());
+                    println!("{:<8} {:<20} {}", m.role.to_string(), name, m.person);
+                }
+            }
+        }
+        Cmd::Shares => {
+            let SharingAnswer::Shares(offers) = sharing(&home, SharingRequest::Shares)? else {
+                bail!("unexpected answer from the node");
+            };
+            let contacts = match sharing(&home, SharingRequest::Contacts)? {
+                SharingAnswer::Contacts(c) => c,
+                _ => Vec::new(),
+            };
+            let from = |p: &weft_crypto::PersonId| {
+                contacts
+                    .iter()
+                    .find(|c| c.person == *p)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_else(|| format!("unverified person {}", p.fingerprint()))
+            };
+            if json {
+                let v: Vec<_> = offers
+                    .iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "folder": o.folder.to_string(), "name": o.name,
+                            "owner": o.owner.to_string(), "from": from(&o.owner),
+                            "role": o.role.to_string(), "declined": o.declined,
+                        })
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else if offers.is_empty() {
+                println!("No folders shared with you (they arrive through a relay you both use).");
+            } else {
+                for o in &offers {
+                    println!(
+                        "{:<20} {}  from {} as {}{}",
+                        o.name,
+                        o.folder,
+                        from(&o.owner),
+                        o.role,
+                        if o.declined { " (declined)" } else { "" }
+                    );
+                }
+            }
+        }
+        Cmd::Accept { share, path } => {
+            let path = match path {
+                Some(p) => Some(PathBuf::from(absolute(&p)?)),
+                None => None,
+            };
+            let SharingAnswer::Accepted { name, root, .. } =
+                sharing(&home, SharingRequest::Accept { share, path })?
+            else {
+                bail!("unexpected answer from the node");
+            };
+            if json {
+                print_json(&serde_json::json!({ "name": name, "path": root }))?;
+            } else {
+                println!("accepted {name}: it syncs into {}", root.display());
+            }
+        }
         Cmd::Contact(ContactCmd::Add { person, name, yes }) => {
             let person: weft_crypto::PersonId = person
                 .trim()
@@ -780,8 +951,11 @@ fn run(cli: Cli) -> Result<i32> {
                     );
                 }
             }
-            let store = open(&home)?;
-            let c = store.add_contact(person, &name, now_ms())?;
+            let SharingAnswer::Contact(c) =
+                sharing(&home, SharingRequest::ContactAdd { person, name })?
+            else {
+                bail!("unexpected answer from the node");
+            };
             if json {
                 print_json(&serde_json::json!({
                     "person": c.person.to_string(), "name": c.name,
@@ -792,8 +966,10 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Contact(ContactCmd::List) => {
-            let store = open(&home)?;
-            let contacts = store.contacts()?;
+            let SharingAnswer::Contacts(contacts) = sharing(&home, SharingRequest::Contacts)?
+            else {
+                bail!("unexpected answer from the node");
+            };
             if json {
                 let v: Vec<_> = contacts
                     .iter()

@@ -50,6 +50,11 @@ pub enum ControlRequest {
         /// The relay's address, as added.
         addr: String,
     },
+    /// Contacts, sharing and offers (see [`crate::sharing`]).
+    Sharing {
+        /// The command.
+        command: crate::sharing::SharingRequest,
+    },
 }
 
 /// One connected peer, for `weft status`.
@@ -93,6 +98,11 @@ pub enum ControlResponse {
     Relay {
         /// What happened, for a person.
         message: String,
+    },
+    /// The answer to a sharing command.
+    Sharing {
+        /// The answer.
+        answer: crate::sharing::SharingAnswer,
     },
     /// A pairing code.
     Invite {

@@ -16,6 +16,7 @@ pub mod node;
 pub mod pairing;
 pub mod protocol;
 pub mod recover;
+pub mod sharing;
 pub mod upload;
 pub mod watch;
 

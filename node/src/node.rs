@@ -193,6 +193,11 @@ struct State {
     store_waiting: HashMap<OutboundRequestId, oneshot::Sender<Result<StoreResponse, String>>>,
     /// Relays by peer id: their uploader's kick, and the uploader once connected.
     relays: HashMap<PeerId, Relay>,
+    /// Folder workers (one per folder) and the watcher that kicks them; a folder
+    /// accepted while the node runs joins both.
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    watch: Option<crate::watch::Watch>,
+    cfg: NodeConfig,
 }
 
 struct Relay {
@@ -357,6 +362,9 @@ pub async fn run(
         done_tx,
         store_waiting: HashMap::new(),
         relays: HashMap::new(),
+        workers: Vec::new(),
+        watch: None,
+        cfg: cfg.clone(),
     };
     for a in shared.store.relays()? {
         if let Err(e) = add_relay(&mut st, &a) {
@@ -378,7 +386,8 @@ pub async fn run(
             cfg.clone(),
         )));
     }
-    let _watcher = crate::watch::watch(watched)?;
+    st.watch = Some(crate::watch::watch(watched)?);
+    st.workers = workers;
     // Dial what we know.
     for (dev, addrs) in shared.store.peer_addrs()? {
         if let Some(p) = peer_id(&dev) {
@@ -430,6 +439,8 @@ pub async fn run(
     // Stop the workers; a round in progress finishes its current step (a fetch fails
     // at once now that the swarm is gone) and the store closes when the last of them
     // lets go of it.
+    let workers = std::mem::take(&mut st.workers);
+    let watcher = st.watch.take();
     for w in &workers {
         w.abort();
     }
@@ -447,7 +458,7 @@ pub async fn run(
     }
     drop(cmds);
     drop(cmd_tx);
-    drop(_watcher);
+    drop(watcher);
     for w in workers {
         let _ = w.await;
     }
@@ -926,9 +937,14 @@ fn on_sync(st: &mut State, ev: request_response::Event<SyncRequest, SyncResponse
                     return;
                 };
                 let me = store(st).identity().person_id();
+                // Certificates of this person's devices, or (from a relay) of the
+                // devices of other members of shared folders: each verifies against
+                // its person's key; whether its entries are accepted is the folder's
+                // membership's call.
+                let from_relay = st.peers.get(&peer).is_some_and(|p| p.is_relay);
                 for c in certs.iter().take(1024) {
                     match DeviceCertificate::from_bytes(c) {
-                        Ok(cert) if cert.body.person == me => {
+                        Ok(cert) if cert.body.person == me || from_relay => {
                             let _ = store(st).remember_device(&cert);
                         }
                         _ => {
@@ -1028,7 +1044,14 @@ fn handle_sync_request(st: &mut State, peer: PeerId, req: SyncRequest) -> SyncRe
         }
         // A relay says it stored new entries of a folder: fetch them.
         SyncRequest::Notify { folder } if st.peers.get(&peer).is_some_and(|p| p.is_relay) => {
-            pull(st, peer, folder);
+            // New entries, or a membership change (an offer, a new key): pull, and
+            // let the uploader look at membership.
+            if st.kicks.contains_key(&folder) {
+                pull(st, peer, folder);
+            }
+            if let Some(r) = st.relays.get(&peer) {
+                r.kick.notify_one();
+            }
             SyncResponse::Ack
         }
         _ if !verified(st, &peer) => {
@@ -1481,8 +1504,52 @@ fn on_cmd(st: &mut State, cmd: Cmd) {
     }
 }
 
+/// Starts syncing a folder set up while the node runs (an accepted share).
+fn start_folder(st: &mut State, f: weft_store::db::FolderRecord) {
+    if st.kicks.contains_key(&f.id) {
+        return;
+    }
+    let kick = FolderKick::new();
+    st.kicks.insert(f.id, kick.clone());
+    if let Some(w) = st.watch.as_mut() {
+        w.add(f.root_path(), kick.clone());
+    }
+    st.workers.push(tokio::spawn(folder_worker(
+        st.shared.clone(),
+        f,
+        kick,
+        st.cmd_tx.clone(),
+        st.cfg.clone(),
+    )));
+}
+
+/// Wakes every relay's uploader (membership to send, or shares to look for).
+fn kick_relays(st: &State) {
+    for r in st.relays.values() {
+        r.kick.notify_one();
+    }
+}
+
 fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
     match req {
+        ControlRequest::Sharing { command } => match crate::sharing::handle(store(st), command) {
+            Ok(answer) => {
+                if let crate::sharing::SharingAnswer::Accepted { folder, .. } = &answer {
+                    match store(st).folder(folder) {
+                        Ok(f) => {
+                            info!(folder = %f.name, "accepted a shared folder");
+                            start_folder(st, f);
+                        }
+                        Err(e) => warn!("accepted folder not found: {e}"),
+                    }
+                }
+                kick_relays(st);
+                ControlResponse::Sharing { answer }
+            }
+            Err(e) => ControlResponse::Error {
+                message: e.to_string(),
+            },
+        },
         ControlRequest::RelayAdd { addr } => match add_relay(st, &addr) {
             Ok(peer) => match store(st).add_relay(&addr) {
                 Ok(new) => ControlResponse::Relay {

@@ -202,6 +202,24 @@ pub enum StoreRequest {
         /// The chunks, at most [`MAX_LIVE_IDS`].
         ids: Vec<ChunkId>,
     },
+    /// Stores membership entries of `folder` (its owner's devices; see
+    /// `weft_store::members`), oldest first.
+    PutMembership {
+        /// The folder.
+        folder: FolderId,
+        /// Encoded membership entries.
+        entries: Vec<serde_bytes::ByteBuf>,
+    },
+    /// The membership entries of `folder` after the first `since`.
+    Membership {
+        /// The folder.
+        folder: FolderId,
+        /// How many the sender holds.
+        since: u64,
+    },
+    /// The folders the sender's person is a member of, with their membership chains'
+    /// lengths: how a device learns that a folder was shared with its person.
+    Shared,
     /// Never on the wire: an unreadable request (see [`SyncRequest::Malformed`]).
     #[serde(skip)]
     Malformed(String),
@@ -239,6 +257,16 @@ pub enum StoreResponse {
     Keys {
         /// The envelopes.
         keys: Vec<(FolderId, serde_bytes::ByteBuf)>,
+    },
+    /// Answers `Membership`.
+    Membership {
+        /// Encoded membership entries, oldest first.
+        entries: Vec<serde_bytes::ByteBuf>,
+    },
+    /// Answers `Shared`.
+    Shared {
+        /// Per folder, the length of its membership chain (0: never shared).
+        folders: Vec<(FolderId, u64)>,
     },
     /// Refused, with the reason (over quota, not allowed, a bad entry...).
     Refused {

@@ -139,6 +139,9 @@ async fn pass(
         StoreResponse::Registered { retention_days } => retention_days,
         r => return Err(unexpected(r)),
     };
+    // Membership first: the relay judges entries by it, and it may bring offers or
+    // a folder's new key.
+    sync_membership(shared, cmds, relay).await?;
     // Registered: the relay now answers this device's pulls.
     let _ = cmds.send(Cmd::Pull { peer: relay }).await;
     let folders = {
@@ -173,6 +176,95 @@ async fn pass(
         if due {
             report_live(shared, cmds, relay, &folder, retention_days).await?;
             sent.live.insert(folder.id, std::time::Instant::now());
+        }
+    }
+    Ok(())
+}
+
+/// Brings membership chains level with the relay: fetches entries of folders shared
+/// with this person (offers, role changes, new keys) and sends the entries of folders
+/// this person owns that the relay lacks.
+async fn sync_membership(
+    shared: &Arc<Shared>,
+    cmds: &mpsc::Sender<Cmd>,
+    relay: PeerId,
+) -> Result<(), NodeError> {
+    let there: HashMap<weft_crypto::FolderId, u64> =
+        match ask(cmds, relay, StoreRequest::Shared).await? {
+            StoreResponse::Shared { folders } => folders.into_iter().collect(),
+            r => return Err(unexpected(r)),
+        };
+    for (folder, n) in &there {
+        loop {
+            let have = {
+                let (s, f) = (shared.clone(), *folder);
+                blocking(move || Ok(s.store.membership_chain(&f)?.len() as u64)).await?
+            };
+            if have >= *n {
+                break;
+            }
+            let entries = match ask(
+                cmds,
+                relay,
+                StoreRequest::Membership {
+                    folder: *folder,
+                    since: have,
+                },
+            )
+            .await?
+            {
+                StoreResponse::Membership { entries } => entries,
+                r => return Err(unexpected(r)),
+            };
+            if entries.is_empty() {
+                break;
+            }
+            let entries: Vec<Vec<u8>> = entries.into_iter().map(|b| b.into_vec()).collect();
+            let (s, f) = (shared.clone(), *folder);
+            let change = blocking(move || Ok(s.store.accept_membership(&f, &entries)?)).await?;
+            if change.offered {
+                info!(folder = %folder, "a folder was shared with you: see `weft shares`");
+            }
+            if change.rotated {
+                info!(folder = %folder, "the folder's key was rotated by its owner");
+            }
+            if change.removed {
+                warn!(folder = %folder, "you were removed from a shared folder: what you have stays, nothing new arrives");
+            }
+            if change.accepted == 0 {
+                break;
+            }
+        }
+    }
+    let me = shared.store.identity().person_id();
+    let owned = {
+        let s = shared.clone();
+        blocking(move || Ok(s.store.folders()?)).await?
+    };
+    for f in owned.into_iter().filter(|f| f.owner == me) {
+        let chain = {
+            let (s, id) = (shared.clone(), f.id);
+            blocking(move || Ok(s.store.membership_chain(&id)?)).await?
+        };
+        let sent = there.get(&f.id).copied().unwrap_or(0) as usize;
+        for batch in chain
+            .get(sent..)
+            .unwrap_or_default()
+            .chunks(weft_store::members::MAX_CHAIN_BATCH)
+        {
+            match ask(
+                cmds,
+                relay,
+                StoreRequest::PutMembership {
+                    folder: f.id,
+                    entries: batch.iter().cloned().map(ByteBuf::from).collect(),
+                },
+            )
+            .await?
+            {
+                StoreResponse::Stored { .. } => {}
+                r => return Err(unexpected(r)),
+            }
         }
     }
     Ok(())

@@ -8,18 +8,52 @@ use crate::NodeError;
 use crate::apply::FolderKick;
 use notify::{RecursiveMode, Watcher};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use weft_store::scan::TEMP_DIR;
 
-/// Watches every folder root; dropping the returned watcher stops it.
-pub fn watch(folders: Vec<(PathBuf, FolderKick)>) -> Result<notify::RecommendedWatcher, NodeError> {
-    let targets = folders.clone();
+type Targets = Arc<Mutex<Vec<(PathBuf, FolderKick)>>>;
+
+/// The watcher of every folder root; dropping it stops it.
+pub struct Watch {
+    watcher: notify::RecommendedWatcher,
+    targets: Targets,
+}
+
+impl Watch {
+    /// Watches one more folder (one accepted while the node runs).
+    pub fn add(&mut self, root: PathBuf, kick: FolderKick) {
+        watch_one(&mut self.watcher, &root, &kick);
+        if let Ok(mut t) = self.targets.lock() {
+            t.push((root, kick));
+        }
+    }
+}
+
+fn watch_one(w: &mut notify::RecommendedWatcher, root: &std::path::Path, kick: &FolderKick) {
+    // A folder that cannot be watched (gone, or a directory vanishing under the
+    // recursive walk) still syncs: its worker reports the error, and the periodic
+    // rescan stands in for the watcher.
+    if let Err(e) = w.watch(root, RecursiveMode::Recursive) {
+        tracing::warn!(
+            "cannot watch {}: {e}; relying on periodic rescans",
+            root.display()
+        );
+        kick.kick();
+    }
+}
+
+/// Watches every folder root.
+pub fn watch(folders: Vec<(PathBuf, FolderKick)>) -> Result<Watch, NodeError> {
+    let targets: Targets = Arc::new(Mutex::new(folders.clone()));
+    let seen = targets.clone();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
         // Opening or reading a file (weft's own scans do) changes nothing.
         if matches!(ev.kind, notify::EventKind::Access(_)) {
             return;
         }
-        for (root, kick) in &targets {
+        let Ok(targets) = seen.lock() else { return };
+        for (root, kick) in targets.iter() {
             let own = root.join(TEMP_DIR);
             if ev
                 .paths
@@ -32,16 +66,10 @@ pub fn watch(folders: Vec<(PathBuf, FolderKick)>) -> Result<notify::RecommendedW
     })
     .map_err(|e| NodeError::Watch(e.to_string()))?;
     for (root, kick) in &folders {
-        // A folder that cannot be watched (gone, or a directory vanishing under the
-        // recursive walk) still syncs: its worker reports the error, and the periodic
-        // rescan stands in for the watcher.
-        if let Err(e) = w.watch(root, RecursiveMode::Recursive) {
-            tracing::warn!(
-                "cannot watch {}: {e}; relying on periodic rescans",
-                root.display()
-            );
-            kick.kick();
-        }
+        watch_one(&mut w, root, kick);
     }
-    Ok(w)
+    Ok(Watch {
+        watcher: w,
+        targets,
+    })
 }

@@ -768,6 +768,45 @@ fn store_request(
                 Err(e) => (refused(e), None),
             }
         }
+        StoreRequest::PutMembership { folder, entries } => {
+            metrics.request("put_membership");
+            let entries: Vec<Vec<u8>> = entries.into_iter().map(|b| b.into_vec()).collect();
+            match registered().and_then(|()| store.put_membership(&dev, &folder, &entries)) {
+                Ok(n) => (
+                    StoreResponse::Stored { count: n as u64 },
+                    (n > 0).then_some(folder),
+                ),
+                Err(e) => (refused(e), None),
+            }
+        }
+        StoreRequest::Membership { folder, since } => {
+            metrics.request("membership");
+            match registered().and_then(|()| store.membership_since(&dev, &folder, since)) {
+                Ok(entries) => (
+                    StoreResponse::Membership {
+                        entries: entries
+                            .into_iter()
+                            .map(serde_bytes::ByteBuf::from)
+                            .collect(),
+                    },
+                    None,
+                ),
+                Err(e) => (refused(e), None),
+            }
+        }
+        StoreRequest::Shared => {
+            metrics.request("shared");
+            let r = registered()
+                .and_then(|()| store.person_of(&dev))
+                .and_then(|p| match p {
+                    Some(p) => store.shared_with(&p),
+                    None => Ok(Vec::new()),
+                });
+            match r {
+                Ok(folders) => (StoreResponse::Shared { folders }, None),
+                Err(e) => (refused(e), None),
+            }
+        }
         StoreRequest::Malformed(reason) => {
             metrics.reject("malformed");
             warn!(peer = %peer, "refused a store request: {reason}");

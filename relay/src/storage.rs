@@ -77,6 +77,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 use weft_crypto::{ChunkId, DeviceCertificate, DeviceId, FolderId, Hash, PersonId, PublicKey};
 use weft_store::log::{Entry, MAX_ENTRY_LEN, check_chain};
+use weft_store::members::{Membership, MembershipEntry, Role};
 
 /// The largest blob: a 256 KiB chunk (the chunker's maximum) plus its 16-byte tag.
 pub const MAX_BLOB_LEN: usize = (256 << 10) + 16;
@@ -129,6 +130,12 @@ const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys-1");
 /// `folder (16) → Unix ms`: when a device of the folder last said which chunks its
 /// retained versions still need (see [`RelayStore::report_live`]).
 const LIVE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("live-1");
+/// `folder (16) ‖ seq (u64 BE) → membership entry`: a shared folder's membership
+/// chain, signed by its owner (readable here: roles, public keys, cuts; see
+/// `weft_store::members`). `MEMBERS` and `PERSON_FOLDERS` follow its latest entry.
+const MEMBERSHIP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("membership-1");
+/// Most membership entries one upload (or answer) carries.
+pub const MAX_PUT_MEMBERSHIP: usize = weft_store::members::MAX_CHAIN_BATCH;
 
 /// Most chunk ids one live report may name.
 pub const MAX_LIVE_IDS: usize = 350_000;
@@ -448,6 +455,31 @@ fn role_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     }
 }
 
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Owner => ROLE_OWNER,
+        Role::Editor => ROLE_EDITOR,
+        Role::Viewer => 3,
+    }
+}
+
+fn membership_key(folder: &FolderId, seq: u64) -> Vec<u8> {
+    key2(&folder.0, &seq.to_be_bytes())
+}
+
+/// The stored membership chain of `folder`, oldest first.
+fn chain_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    folder: &FolderId,
+) -> Result<Vec<Vec<u8>>, RelayError> {
+    let mut out = Vec::new();
+    scan_prefix(t, &folder.0, |_, v| {
+        out.push(v.to_vec());
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
 fn role_writes(role: u8) -> bool {
     role == ROLE_OWNER || role == ROLE_EDITOR
 }
@@ -531,6 +563,7 @@ impl RelayStore {
                 CHUNK_FOLDERS,
                 KEYS,
                 LIVE,
+                MEMBERSHIP,
             ] {
                 txn.open_table(t)?;
             }
@@ -783,13 +816,33 @@ impl RelayStore {
             let tips = txn.open_table(TIPS)?;
             let log = txn.open_table(LOG)?;
             let mut writers: HashSet<DeviceId> = HashSet::new();
+            let membership = match chain_in(&txn.open_table(MEMBERSHIP)?, folder)? {
+                chain if chain.is_empty() => None,
+                chain => Some(
+                    Membership::from_chain(*folder, rec.owner, &chain)
+                        .map_err(|e| corrupt(&format!("stored membership chain: {e}")))?,
+                ),
+            };
             // Per author, the tip after this batch's new entries so far.
             let mut batch_tip: HashMap<DeviceId, (u64, Hash)> = HashMap::new();
             // New entries of this batch by (author, seq).
             let mut batch: HashMap<(DeviceId, u64), Hash> = HashMap::new();
             for (e, hash, raw) in &decoded {
                 let (author, seq) = (e.header.author, e.header.seq);
-                if !writers.contains(&author) {
+                if let Some(m) = &membership {
+                    // Shared: judged per entry (a viewer's or removed member's device
+                    // keeps what it wrote before its cut).
+                    let p = person_in(&devices, &author)?
+                        .ok_or_else(|| RelayError::UnknownDevice(author.to_string()))?;
+                    if !m.may_write(&p, &author, seq) {
+                        return Err(not_allowed(
+                            folder,
+                            format!(
+                                "author {author} may not write here (not a member, a viewer, or removed)"
+                            ),
+                        ));
+                    }
+                } else if !writers.contains(&author) {
                     let p = person_in(&devices, &author)?
                         .ok_or_else(|| RelayError::UnknownDevice(author.to_string()))?;
                     if !role_in(&members, folder, &p)?.is_some_and(role_writes) {
@@ -1365,6 +1418,117 @@ impl RelayStore {
             }
         }
         txn.commit()?;
+        Ok(out)
+    }
+
+    /// Stores membership entries of `folder` uploaded by a device of its owner: they
+    /// must extend the stored chain (re-sent ones are duplicates) and verify
+    /// (`weft_store::members`); the first names the owner, who must be the person that
+    /// claimed the folder here (or claims it now). The member tables follow the new
+    /// latest entry. All or nothing; returns how many were new.
+    pub fn put_membership(
+        &self,
+        uploader: &DeviceId,
+        folder: &FolderId,
+        entries: &[Vec<u8>],
+    ) -> Result<usize, RelayError> {
+        if entries.len() > MAX_PUT_MEMBERSHIP {
+            return Err(RelayError::TooLarge(format!(
+                "{} membership entries in one upload (at most {MAX_PUT_MEMBERSHIP})",
+                entries.len()
+            )));
+        }
+        let bad = |e: weft_store::StoreError| RelayError::BadEntry(e.to_string());
+        let txn = self.db.begin_write()?;
+        let person = Self::registered(&txn, uploader)?;
+        let rec = Self::folder_for_write(&txn, &person, folder)?;
+        if rec.owner != person {
+            return Err(not_allowed(
+                folder,
+                "only the folder's owner changes its members".into(),
+            ));
+        }
+        let chain = chain_in(&txn.open_table(MEMBERSHIP)?, folder)?;
+        let mut state = Membership::from_chain(*folder, rec.owner, &chain)
+            .map_err(|e| corrupt(&format!("stored membership chain: {e}")))?;
+        let before = state.clone();
+        let mut new = Vec::new();
+        for raw in entries {
+            let e = MembershipEntry::decode(raw).map_err(bad)?;
+            if e.body.seq >= 1 && e.body.seq <= state.seq {
+                if chain.get((e.body.seq - 1) as usize) != Some(raw) {
+                    return Err(RelayError::BadEntry(format!(
+                        "membership entry #{} forks the stored chain",
+                        e.body.seq
+                    )));
+                }
+                continue;
+            }
+            state = state.apply(raw).map_err(bad)?;
+            new.push((state.seq, raw));
+        }
+        if new.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut t = txn.open_table(MEMBERSHIP)?;
+            for (seq, raw) in &new {
+                t.insert(membership_key(folder, *seq).as_slice(), raw.as_slice())?;
+            }
+            let mut members = txn.open_table(MEMBERS)?;
+            let mut pf = txn.open_table(PERSON_FOLDERS)?;
+            for p in before.members.keys() {
+                if !state.members.contains_key(p) {
+                    members.remove(key_member(folder, p).as_slice())?;
+                    pf.remove(key2(person_bytes(p), &folder.0).as_slice())?;
+                }
+            }
+            for (p, role) in &state.members {
+                let b = [role_byte(*role)];
+                members.insert(key_member(folder, p).as_slice(), b.as_slice())?;
+                pf.insert(key2(person_bytes(p), &folder.0).as_slice(), b.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(new.len())
+    }
+
+    /// The membership entries of `folder` after `since`, for a member's device.
+    pub fn membership_since(
+        &self,
+        reader: &DeviceId,
+        folder: &FolderId,
+        since: u64,
+    ) -> Result<Vec<Vec<u8>>, RelayError> {
+        if !self.may_read(reader, folder)? {
+            return Err(not_allowed(
+                folder,
+                "this device's person is not a member".into(),
+            ));
+        }
+        let r = self.db.begin_read()?;
+        let chain = chain_in(&r.open_table(MEMBERSHIP)?, folder)?;
+        Ok(chain
+            .into_iter()
+            .skip(usize::try_from(since).unwrap_or(usize::MAX))
+            .take(MAX_PUT_MEMBERSHIP)
+            .collect())
+    }
+
+    /// The folders `person` is a member of, each with its membership chain's length.
+    pub fn shared_with(&self, person: &PersonId) -> Result<Vec<(FolderId, u64)>, RelayError> {
+        let folders = self.folders_of(person)?;
+        let r = self.db.begin_read()?;
+        let t = r.open_table(MEMBERSHIP)?;
+        let mut out = Vec::with_capacity(folders.len());
+        for f in folders {
+            let mut n = 0u64;
+            scan_prefix(&t, &f.0, |_, _| {
+                n += 1;
+                Ok(true)
+            })?;
+            out.push((f, n));
+        }
         Ok(out)
     }
 

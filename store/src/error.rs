@@ -42,6 +42,9 @@ pub enum StoreError {
     /// A contact request that cannot be done (says why).
     #[error("{0}")]
     Contact(String),
+    /// A membership entry or sharing request that cannot be accepted (says why).
+    #[error("{0}")]
+    Membership(String),
     /// `weft init` has not been run for this home.
     #[error("no device here yet: run `weft init` first (home: {0})")]
     NotInitialized(PathBuf),

@@ -344,7 +344,7 @@ impl Store {
 
     /// The change log of a folder, oldest first.
     pub fn log_items(&self, folder: &FolderRecord) -> Result<Vec<LogItem>> {
-        let keys = self.keys(folder);
+        let keys = self.epoch_keys(folder)?;
         let r = self.db.begin_read()?;
         let log = r.open_table(db::LOG)?;
         let devices = r.open_table(db::DEVICES)?;
@@ -352,7 +352,13 @@ impl Store {
         let mut out = Vec::new();
         db::scan_prefix(&log, &folder.id.0, |_, v| {
             let e = Entry::decode(v)?;
-            let ops = e.open_change(&keys)?;
+            let k = keys.get(e.header.epoch).ok_or_else(|| {
+                e.reject(format!(
+                    "sealed with key epoch {} this device does not hold",
+                    e.header.epoch
+                ))
+            })?;
+            let ops = e.open_change(k)?;
             let author = e.header.author;
             let name = match names.get(&author) {
                 Some(n) => n.clone(),

@@ -12,6 +12,7 @@
 //! - [`db`]: the redb schema.
 //! - [`chunker`], [`cache`]: FastCDC cutting and the pack-file chunk cache.
 //! - [`scan`]: disk against index.
+//! - [`members`]: folder membership chains (roles, cuts, wrapped keyrings).
 //! - [`history`]: versions, restore, retention and gc; [`verify`]: the store check.
 //! - [`home`]: key files, config and paths of a device's home directory.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -26,9 +27,11 @@ pub mod history;
 pub mod home;
 pub mod locs;
 pub mod log;
+pub mod members;
 pub mod merge;
 pub mod model;
 pub mod scan;
+pub mod sharing;
 pub mod store;
 pub mod sync;
 pub mod verify;

@@ -109,7 +109,22 @@ impl Store {
         have: &[(DeviceId, u64)],
     ) -> Result<(Vec<Vec<u8>>, bool)> {
         let have: HashMap<DeviceId, u64> = have.iter().copied().collect();
-        let mine = self.tips(folder)?;
+        // Only what others may accept: never a viewer's (or removed member's) own
+        // changes, which stay on its devices.
+        let allowed = match self.folder(folder) {
+            Ok(rec) => Some(self.writable_tips(&rec)?),
+            Err(_) => None,
+        };
+        let mine: Vec<(DeviceId, u64)> = self
+            .tips(folder)?
+            .into_iter()
+            .map(|(a, t)| {
+                let cap = allowed
+                    .as_ref()
+                    .map_or(t, |m| m.get(&a).copied().unwrap_or(0));
+                (a, t.min(cap))
+            })
+            .collect();
         let r = self.db.begin_read()?;
         let log = r.open_table(db::LOG)?;
         let mut out = Vec::new();
@@ -138,7 +153,8 @@ impl Store {
     /// entry that fails verification is refused with its reason, and the rest of its
     /// author's entries in the batch are skipped (they would not chain).
     pub fn accept_entries(&self, folder: &FolderRecord, entries: &[Vec<u8>]) -> Result<Accepted> {
-        let keys = self.keys(folder);
+        let keys = self.epoch_keys(folder)?;
+        let membership = self.membership(folder)?;
         let now = now_ms();
         let mut out = Accepted::default();
         let mut refused: Vec<DeviceId> = Vec::new();
@@ -182,23 +198,45 @@ impl Store {
                 }
                 None => {}
             }
-            // The author must be a certified device of the folder's owner.
-            let author_ok = {
+            // The author must be a certified device of a person who may write here
+            // (an owner or editor, or one whose right ended after this entry).
+            let person = {
                 let devices = txn.open_table(db::DEVICES)?;
                 devices
                     .get(e.header.author.as_bytes().as_slice())?
                     .and_then(|v| DeviceCertificate::from_bytes(v.value()).ok())
-                    .is_some_and(|c| c.body.person == folder.owner)
+                    .map(|c| c.body.person)
             };
-            if !author_ok {
-                out.rejected.push(
-                    e.reject("author is not a certified device of the folder's owner".into())
-                        .to_string(),
-                );
+            let why = match person {
+                None => Some("author is not a certified device"),
+                Some(p)
+                    if membership.role(&p).is_none()
+                        && membership.cuts.get(&e.header.author).is_none() =>
+                {
+                    Some("author is not a device of a member of this folder")
+                }
+                Some(p) if !membership.may_write(&p, &e.header.author, e.header.seq) => {
+                    Some("author's person may not write in this folder (a viewer, or removed)")
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                out.rejected.push(e.reject(why.into()).to_string());
                 refused.push(e.header.author);
                 continue;
             }
-            match accept_entry(&txn, &e, &keys, now) {
+            let Some(keys) = keys.get(e.header.epoch) else {
+                out.rejected.push(
+                    e.reject(format!(
+                        "sealed with key epoch {} this device does not hold",
+                        e.header.epoch
+                    ))
+                    .to_string(),
+                );
+                refused.push(e.header.author);
+                continue;
+            };
+            match accept_entry(&txn, &e, keys, now) {
                 Ok(_) => out.accepted += 1,
                 Err(err) => {
                     out.rejected.push(err.to_string());
@@ -455,7 +493,14 @@ impl Store {
         let entry = Entry::decode(raw)?;
         let version = entry.version_id();
         let mut out = Vec::new();
-        for op in entry.open_change(&self.keys(folder))? {
+        let keys = self.epoch_keys(folder)?;
+        let keys = keys.get(entry.header.epoch).ok_or_else(|| {
+            entry.reject(format!(
+                "sealed with key epoch {} this device does not hold",
+                entry.header.epoch
+            ))
+        })?;
+        for op in entry.open_change(keys)? {
             let path = match &op {
                 crate::log::Op::Put { path, .. } => path,
                 crate::log::Op::Move { to, .. } => to,

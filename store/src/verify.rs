@@ -66,7 +66,14 @@ impl Store {
             |area: &'static str, detail: String| rep.problems.push(Problem { area, detail });
 
         for folder in self.folders()? {
-            let keys = self.keys(&folder);
+            let keys = self.epoch_keys(&folder)?;
+            let membership = match self.membership(&folder) {
+                Ok(m) => m,
+                Err(err) => {
+                    problem("members", format!("{}: {err}", folder.name));
+                    crate::members::Membership::solo(folder.id, folder.owner)
+                }
+            };
             let name = &folder.name;
             // Log: per author, chained from 1.
             let mut last: BTreeMap<DeviceId, (u64, Hash)> = BTreeMap::new();
@@ -93,10 +100,12 @@ impl Store {
                     problem("log", format!("{who}: {err}"));
                 }
                 match certs.get(&e.header.author) {
-                    Some(c) if c.body.person == folder.owner => {}
+                    Some(c)
+                        if membership.role(&c.body.person).is_some()
+                            || membership.cuts.contains_key(&e.header.author) => {}
                     Some(_) => problem(
                         "log",
-                        format!("{who}: author is not a device of the folder's owner"),
+                        format!("{who}: author is not a device of a member of the folder"),
                     ),
                     None => problem("log", format!("{who}: author device has no certificate")),
                 }
@@ -105,7 +114,14 @@ impl Store {
                     problem("log", format!("{who}: {err}"));
                 }
                 last.insert(e.header.author, (e.header.seq, e.hash()));
-                match e.open_change(&keys) {
+                let opened = match keys.get(e.header.epoch) {
+                    Some(k) => e.open_change(k),
+                    None => Err(e.reject(format!(
+                        "sealed with key epoch {} this device does not hold",
+                        e.header.epoch
+                    ))),
+                };
+                match opened {
                     Ok(ops) => {
                         for p in ops.iter().flat_map(|op| op.paths()) {
                             let k = db::key_version(&folder.id, p, &e.version_id());
