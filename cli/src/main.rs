@@ -832,6 +832,17 @@ fn run(cli: Cli) -> Result<i32> {
                     if f.conflicts > 0 {
                         line += &format!(", {} conflict(s)", f.conflicts);
                     }
+                    match f.role.as_deref() {
+                        Some("viewer") => line += ", you are a viewer",
+                        Some("removed") => line += ", you were removed from it",
+                        _ => {}
+                    }
+                    if f.local_only > 0 {
+                        line += &format!(
+                            ", {} local change(s) not shared (others do not accept them)",
+                            f.local_only
+                        );
+                    }
                     if let Some(e) = &f.last_error {
                         line += &format!(" (last round: {e})");
                     }

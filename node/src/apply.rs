@@ -81,6 +81,14 @@ pub struct FolderStatus {
     pub conflicts: u64,
     /// The last error, if the last round failed.
     pub last_error: Option<String>,
+    /// This person's role (`owner`, `editor`, `viewer`, or `removed`); None until
+    /// the first round.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Changes made on this device that stay local: a viewer's (or a removed
+    /// member's) edits, which no other device accepts.
+    #[serde(default)]
+    pub local_only: u64,
 }
 
 fn set_status(shared: &Shared, folder: &FolderId, f: impl FnOnce(&mut FolderStatus)) {
@@ -140,6 +148,11 @@ fn round(
     let store = &shared.store;
     let folder = store.folder(&folder.id)?;
     scan_and_notify(shared, &folder, cmds)?;
+    let (role, local_only) = store.local_only(&folder)?;
+    set_status(shared, &folder.id, |s| {
+        s.role = Some(role.map_or_else(|| "removed".into(), |r| r.to_string()));
+        s.local_only = local_only;
+    });
     let plan = local_plan(shared, &folder)?;
     let (files, bytes) = plan.iter().fold((0u64, 0u64), |(n, b), a| match a {
         Action::WriteFile { manifest, .. } => (n + 1, b + manifest.size),

@@ -511,4 +511,18 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// This person's role in `folder`, and how many of this device's entries there
+    /// no other device accepts (a viewer's or removed member's local changes).
+    pub fn local_only(&self, folder: &FolderRecord) -> Result<(Option<Role>, u64)> {
+        let role = self.my_role(folder)?;
+        let me = self.identity().device_id();
+        let tip = self
+            .tips(&folder.id)?
+            .into_iter()
+            .find(|(d, _)| *d == me)
+            .map_or(0, |(_, t)| t);
+        let allowed = self.writable_tips(folder)?.get(&me).copied().unwrap_or(0);
+        Ok((role, tip.saturating_sub(allowed)))
+    }
 }

@@ -211,7 +211,7 @@ impl Store {
                 None => Some("author is not a certified device"),
                 Some(p)
                     if membership.role(&p).is_none()
-                        && membership.cuts.get(&e.header.author).is_none() =>
+                        && !membership.cuts.contains_key(&e.header.author) =>
                 {
                     Some("author is not a device of a member of this folder")
                 }

@@ -530,6 +530,29 @@ fn store_answer(s: &Shared, peer: PeerId, req: StoreRequest) -> StoreResponse {
                 Err(e) => refused(&e),
             }
         }
+        StoreRequest::PutMembership { folder, entries } => {
+            let entries: Vec<Vec<u8>> = entries.into_iter().map(|b| b.into_vec()).collect();
+            match store.put_membership(&dev, &folder, &entries) {
+                Ok(n) => StoreResponse::Stored { count: n as u64 },
+                Err(e) => refused(&e),
+            }
+        }
+        StoreRequest::Membership { folder, since } => {
+            match store.membership_since(&dev, &folder, since) {
+                Ok(entries) => StoreResponse::Membership {
+                    entries: entries
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
+                },
+                Err(e) => refused(&e),
+            }
+        }
+        StoreRequest::Shared => match registered().map(|p| store.shared_with(&p)) {
+            Ok(Ok(folders)) => StoreResponse::Shared { folders },
+            Ok(Err(e)) => refused(&e),
+            Err(e) => refused(&e),
+        },
         StoreRequest::Malformed(reason) => refused(&reason),
     }
 }
