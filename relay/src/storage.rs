@@ -1506,13 +1506,18 @@ impl RelayStore {
                 "this device's person is not a member".into(),
             ));
         }
-        let r = self.db.begin_read()?;
-        let chain = chain_in(&r.open_table(MEMBERSHIP)?, folder)?;
-        Ok(chain
+        Ok(self
+            .membership_chain(folder)?
             .into_iter()
             .skip(usize::try_from(since).unwrap_or(usize::MAX))
             .take(MAX_PUT_MEMBERSHIP)
             .collect())
+    }
+
+    /// The membership chain of `folder`, oldest first (empty: never shared).
+    pub fn membership_chain(&self, folder: &FolderId) -> Result<Vec<Vec<u8>>, RelayError> {
+        let r = self.db.begin_read()?;
+        chain_in(&r.open_table(MEMBERSHIP)?, folder)
     }
 
     /// The folders `person` is a member of, each with its membership chain's length.

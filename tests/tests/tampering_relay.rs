@@ -54,6 +54,69 @@ async fn wait_log(needles: &[&str], already: usize, within: Duration) -> String 
 // ---------------------------------------------------------------------------------
 // The tampering relay
 
+/// Alters membership entries served from `folder`'s chain (after the first `since`).
+fn tamper_membership(
+    t: &Tamper,
+    store: &RelayStore,
+    folder: &FolderId,
+    since: u64,
+    entries: &mut Vec<Vec<u8>>,
+) {
+    use weft_store::members::{Keyring, Member, Membership, MembershipEntry, Role};
+    match t {
+        Tamper::SwapMember { from, to } => {
+            for raw in entries.iter_mut() {
+                let mut e = MembershipEntry::decode(raw).unwrap();
+                for m in &mut e.body.members {
+                    if m.person == *from {
+                        m.person = *to;
+                    }
+                }
+                *raw = e.encode().unwrap();
+            }
+        }
+        Tamper::ForgeRotation { mallory } => {
+            // The chain as stored, to forge the entry that would follow it.
+            let mut chain = store.membership_chain(folder).unwrap();
+            if chain.is_empty() {
+                return;
+            }
+            let first = MembershipEntry::decode(&chain[0]).unwrap();
+            let last = MembershipEntry::decode(chain.last().unwrap()).unwrap();
+            let state = Membership::from_chain(*folder, first.body.owner, &chain).unwrap();
+            let mut members: Vec<Member> = last.body.members.clone();
+            members.push(Member {
+                person: weft_crypto::PersonId(mallory.public()),
+                role: Role::Editor,
+            });
+            let mut secrets = vec![weft_crypto::FolderSecret::generate()];
+            for _ in 0..=state.epoch {
+                let next = secrets.last().unwrap().rotate().unwrap();
+                secrets.push(next);
+            }
+            let forged = MembershipEntry::create(
+                mallory,
+                *folder,
+                Some(&state),
+                members,
+                Default::default(),
+                &Keyring {
+                    name: "forged".into(),
+                    secrets,
+                },
+                1,
+            )
+            .unwrap();
+            // It claims to come from the owner (Mallory's signature stays).
+            let mut forged = MembershipEntry::decode(&forged).unwrap();
+            forged.body.owner = first.body.owner;
+            chain.push(forged.encode().unwrap());
+            *entries = chain.into_iter().skip(since as usize).collect();
+        }
+        _ => {}
+    }
+}
+
 /// What the harness alters in what it serves (uploads are always stored honestly).
 #[derive(Clone, Debug, Default)]
 enum Tamper {
@@ -79,6 +142,15 @@ enum Tamper {
     },
     /// Says in Tips that it holds this author's chain up to this sequence.
     Inflate(DeviceId, u64),
+    /// Puts `to` in the place of member `from` in every membership entry it serves
+    /// (a relay substituting a person's public key).
+    SwapMember {
+        from: weft_crypto::PersonId,
+        to: weft_crypto::PersonId,
+    },
+    /// Serves, after the stored membership chain of a folder, one more entry: a key
+    /// rotation made and signed by `mallory`, who adds herself as an editor.
+    ForgeRotation { mallory: SecretKey },
 }
 
 impl Tamper {
@@ -539,17 +611,30 @@ fn store_answer(s: &Shared, peer: PeerId, req: StoreRequest) -> StoreResponse {
         }
         StoreRequest::Membership { folder, since } => {
             match store.membership_since(&dev, &folder, since) {
-                Ok(entries) => StoreResponse::Membership {
-                    entries: entries
-                        .into_iter()
-                        .map(serde_bytes::ByteBuf::from)
-                        .collect(),
-                },
+                Ok(mut entries) => {
+                    let t = s.tamper.lock().unwrap().clone();
+                    tamper_membership(&t, store, &folder, since, &mut entries);
+                    StoreResponse::Membership {
+                        entries: entries
+                            .into_iter()
+                            .map(serde_bytes::ByteBuf::from)
+                            .collect(),
+                    }
+                }
                 Err(e) => refused(&e),
             }
         }
         StoreRequest::Shared => match registered().map(|p| store.shared_with(&p)) {
-            Ok(Ok(folders)) => StoreResponse::Shared { folders },
+            Ok(Ok(mut folders)) => {
+                if let Tamper::ForgeRotation { .. } = &*s.tamper.lock().unwrap() {
+                    for (_, n) in &mut folders {
+                        if *n > 0 {
+                            *n += 1;
+                        }
+                    }
+                }
+                StoreResponse::Shared { folders }
+            }
             Ok(Err(e)) => refused(&e),
             Err(e) => refused(&e),
         },
@@ -1132,4 +1217,145 @@ async fn a_relay_claiming_entries_a_device_never_wrote_is_reported() {
         s.a.relays()
     );
     s.finish().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Sharing: a relay cannot substitute a member's key or make up a key rotation
+
+fn sharing(
+    d: &Device,
+    command: weft_node::sharing::SharingRequest,
+) -> weft_node::sharing::SharingAnswer {
+    use weft_node::control::{ControlRequest, ControlResponse, request};
+    match request(&d.home, &ControlRequest::Sharing { command }).unwrap() {
+        ControlResponse::Sharing { answer } => answer,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn members(d: &Device) -> Vec<weft_crypto::PersonId> {
+    use weft_node::sharing::{SharingAnswer, SharingRequest};
+    match sharing(
+        d,
+        SharingRequest::Members {
+            folder: "shared".into(),
+        },
+    ) {
+        SharingAnswer::Members(m) => m.iter().map(|m| m.person).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_cannot_substitute_a_members_key_or_forge_a_key_rotation() {
+    use weft_node::sharing::{SharingAnswer, SharingRequest};
+    use weft_store::members::Role;
+    capture_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(&tmp.path().join("relay")).await;
+    let relay = h.id();
+    let mut a = Device::new(tmp.path(), "alice");
+    a.create_folder();
+    a.add_relay(&h.addr);
+    let mut b = Device::new(tmp.path(), "bob");
+    b.home.init("bob", 0).unwrap();
+    b.add_relay(&h.addr);
+    a.start(&[]);
+    b.start(&[]);
+    let bob = b.home.load_identity().unwrap().person_id();
+    let alice = a.home.load_identity().unwrap().person_id();
+    let carol = weft_crypto::PersonId(SecretKey::generate().public());
+    let mallory = SecretKey::generate();
+    let mallory_id = weft_crypto::PersonId(mallory.public());
+    for (p, n) in [(bob, "bob"), (carol, "carol")] {
+        sharing(
+            &a,
+            SharingRequest::ContactAdd {
+                person: p,
+                name: n.into(),
+            },
+        );
+    }
+    sharing(
+        &a,
+        SharingRequest::Share {
+            folder: "shared".into(),
+            with: "bob".into(),
+            role: Role::Editor,
+        },
+    );
+    eventually(
+        "bob sees the offer",
+        WAIT,
+        || matches!(sharing(&b, SharingRequest::Shares), SharingAnswer::Shares(o) if !o.is_empty()),
+    )
+    .await;
+    b.root = tmp.path().join("bob-shared");
+    sharing(
+        &b,
+        SharingRequest::Accept {
+            share: "shared".into(),
+            path: Some(b.root.clone()),
+        },
+    );
+    assert_eq!(members(&b), {
+        let mut v = vec![alice, bob];
+        v.sort_by_key(|p| p.0.0);
+        v
+    });
+
+    // The relay swaps Carol's key for Mallory's in the entry that adds Carol.
+    h.set(Tamper::SwapMember {
+        from: carol,
+        to: mallory_id,
+    });
+    let already = log_lines(&[" WARN ", &relay, "membership"]).len();
+    sharing(
+        &a,
+        SharingRequest::Share {
+            folder: "shared".into(),
+            with: "carol".into(),
+            role: Role::Viewer,
+        },
+    );
+    // (This harness does not notify members of changes as a relay does: a local
+    // change makes Bob's node look at the relay now rather than within a minute.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.write("poke-1.txt", b"1");
+    let line = wait_log(&[" WARN ", &relay, "membership"], already, WAIT).await;
+    assert!(line.contains("signature"), "{line}");
+    assert!(!members(&b).contains(&mallory_id));
+    assert!(
+        !members(&b).contains(&carol),
+        "the tampered entry was not taken in"
+    );
+
+    // The relay makes up a rotation that adds Mallory, claiming it is Alice's.
+    h.set(Tamper::ForgeRotation {
+        mallory: mallory.clone(),
+    });
+    let already = log_lines(&[" WARN ", &relay, "membership"]).len();
+    let line = wait_log(&[" WARN ", &relay, "membership"], already, WAIT).await;
+    assert!(
+        line.contains("signature") || line.contains("owner"),
+        "{line}"
+    );
+    assert!(!members(&b).contains(&mallory_id));
+
+    // Honest again: Bob takes in the real entry (Carol as viewer) and nothing else.
+    h.set(Tamper::Honest);
+    b.write("poke-3.txt", b"3");
+    eventually("bob takes in the real change", WAIT, || {
+        members(&b).contains(&carol)
+    })
+    .await;
+    assert!(!members(&b).contains(&mallory_id));
+    a.stop().await;
+    b.stop().await;
+    let store = weft_store::Store::open(&b.home).unwrap();
+    let rec = store.find_folder("shared").unwrap();
+    assert_eq!(rec.secret.epoch, 0, "no made-up key was taken");
+    assert_eq!(store.membership_chain(&rec.id).unwrap().len(), 2);
+    drop(store);
+    h.stop().await;
 }
