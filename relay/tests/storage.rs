@@ -1251,3 +1251,64 @@ fn retention_forgets_only_chunks_no_report_needs_after_the_retention_period() {
         Err(RelayError::NotAllowed { .. })
     ));
 }
+
+#[test]
+fn membership_decides_who_writes_and_only_the_owner_changes_it() {
+    use weft_store::members::Role;
+    let relay_dir = TempDir::new().unwrap();
+    let relay = open(relay_dir.path());
+    let a = Device::new("alice");
+    let b = Device::new("bob");
+    relay.register(&a.cert()).unwrap();
+    relay.register(&b.cert()).unwrap();
+    let fid = a.fid();
+    relay.put_entries(&a.id(), &fid, &a.entries()).unwrap();
+
+    // Alice shares with Bob as editor: Bob reads, and his entries are stored.
+    let m1 = a.store.share(&a.folder, b.person(), Role::Editor).unwrap();
+    // Bob cannot upload Alice's membership entries (only the owner changes them).
+    let e = relay
+        .put_membership(&b.id(), &fid, std::slice::from_ref(&m1))
+        .unwrap_err();
+    assert!(matches!(e, RelayError::NotAllowed { .. }), "{e:?}");
+    assert_eq!(
+        relay.put_membership(&a.id(), &fid, &[m1.clone()]).unwrap(),
+        1
+    );
+    assert_eq!(
+        relay.put_membership(&a.id(), &fid, &[m1.clone()]).unwrap(),
+        0
+    );
+    assert!(relay.may_read(&b.id(), &fid).unwrap());
+    assert_eq!(relay.shared_with(&b.person()).unwrap(), vec![(fid, 1)]);
+    let keys = a.folder.secret.keys(&fid);
+    let bob_writer = Signer {
+        key: b.store.identity().device.clone(),
+        folder: fid,
+        keys_of: keys.clone(),
+    };
+    let bob_entries = bob_writer.chain(3);
+    relay.put_entries(&b.id(), &fid, &bob_entries[..2]).unwrap();
+
+    // Downgraded to viewer: what Bob's device wrote before stays, the rest is refused.
+    let m2 = a.store.share(&a.folder, b.person(), Role::Viewer).unwrap();
+    // A tampered membership entry (a flipped bit) is refused and changes nothing.
+    let mut bad = m2.clone();
+    let n = bad.len();
+    bad[n - 5] ^= 1;
+    assert!(relay.put_membership(&a.id(), &fid, &[bad]).is_err());
+    assert_eq!(relay.membership_chain(&fid).unwrap(), vec![m1.clone()]);
+    relay.put_membership(&a.id(), &fid, &[m2]).unwrap();
+    let e = relay
+        .put_entries(&b.id(), &fid, &bob_entries[2..])
+        .unwrap_err();
+    assert!(matches!(e, RelayError::NotAllowed { .. }), "{e:?}");
+    assert!(relay.may_read(&b.id(), &fid).unwrap());
+
+    // Removed: Bob neither reads nor is told of the folder any more.
+    let m3 = a.store.unshare(&a.folder, b.person()).unwrap();
+    relay.put_membership(&a.id(), &fid, &[m3]).unwrap();
+    assert!(!relay.may_read(&b.id(), &fid).unwrap());
+    assert!(relay.shared_with(&b.person()).unwrap().is_empty());
+    assert!(relay.membership_since(&b.id(), &fid, 0).is_err());
+}
