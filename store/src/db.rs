@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_crypto::{ChunkId, DeviceId, FolderId, FolderSecret, Hash, PersonId};
 
 /// Current schema version, kept in `meta-1` under `"schema"`.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// `name → value`: schema version and similar.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
@@ -44,6 +44,8 @@ pub const RELAYS: TableDefinition<&str, ()> = TableDefinition::new("relays-1");
 pub const RELAY_MARKS: TableDefinition<&str, u64> = TableDefinition::new("relay-marks-1");
 /// `person id (32) → Contact`: persons this one has verified (by fingerprint) and named.
 pub const CONTACTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contacts-1");
+/// `link token (base64url) → LocalLink`: share links this device created.
+pub const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links-1");
 
 /// A registered folder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -285,6 +287,10 @@ pub fn open(path: &Path) -> Result<Database> {
         // Migration 5 → 6: contacts.
         if current < 6 {
             txn.open_table(CONTACTS)?;
+        }
+        // Migration 6 → 7: share links.
+        if current < 7 {
+            txn.open_table(LINKS)?;
         }
         meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }

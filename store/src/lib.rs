@@ -13,6 +13,7 @@
 //! - [`chunker`], [`cache`]: FastCDC cutting and the pack-file chunk cache.
 //! - [`scan`]: disk against index.
 //! - [`history`]: versions, restore, retention and gc; [`verify`]: the store check.
+//! - [`links`]: the share links this device created.
 //! - [`home`]: key files, config and paths of a device's home directory.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
@@ -24,6 +25,7 @@ pub mod db;
 mod error;
 pub mod history;
 pub mod home;
+pub mod links;
 pub mod locs;
 pub mod log;
 pub mod merge;
