@@ -13,6 +13,7 @@ use weft_store::scan::{Progress, ScanSummary};
 use weft_store::store::{now_ms, resolve_home};
 use weft_store::{Home, Store};
 
+mod links;
 mod output;
 use output::{human_bytes, print_json, when};
 
@@ -161,6 +162,50 @@ enum Cmd {
         /// The share's name or folder id.
         share: String,
     },
+    /// Share a file or directory with anyone through a link a relay serves, end to end
+    /// encrypted (the key is in the link's #fragment); `link list`, `link revoke TOKEN`.
+    Link(LinkArgs),
+    /// Download a share link here, decrypting and verifying it locally.
+    Get {
+        /// The link (`https://relay/s/TOKEN#KEY`).
+        url: String,
+        /// Where to write it (default: its name in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The link has a password: ask for it (or read a line of stdin).
+        #[arg(long)]
+        password: bool,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct LinkArgs {
+    #[command(subcommand)]
+    cmd: Option<LinkCmd>,
+    /// The file or directory to share (inside a synced folder).
+    #[arg(required = true)]
+    path: Option<PathBuf>,
+    /// Stop working after this long (e.g. 7d, 12h, 30m, 45s).
+    #[arg(long, value_parser = links::parse_duration)]
+    expires: Option<u64>,
+    /// Protect it with a password (asked for, or read as a line of stdin).
+    #[arg(long)]
+    password: bool,
+    /// Allow this many downloads.
+    #[arg(long)]
+    max_downloads: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum LinkCmd {
+    /// The links this device created.
+    List,
+    /// Make a link stop working.
+    Revoke {
+        /// The link's token (from `weft link list`).
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,9 +237,13 @@ enum RelayCmd {
         /// Address to listen on (repeatable). Default: TCP and QUIC on all interfaces, random ports.
         #[arg(long)]
         listen: Vec<String>,
-        /// Serve Prometheus metrics at http://ADDR/metrics.
+        /// Serve HTTP at ADDR: Prometheus metrics at /metrics and share links at /s/….
         #[arg(long)]
         http: Option<std::net::SocketAddr>,
+        /// The public base URL of the --http server as share links show it (e.g.
+        /// https://relay.example.org behind a TLS proxy). Default: http://<--http address>.
+        #[arg(long, requires = "http")]
+        public_url: Option<String>,
         /// Bytes each person may store (suffixes K, M, G, T: powers of 1024).
         #[arg(long, value_parser = parse_bytes)]
         quota_per_person: Option<u64>,
@@ -286,6 +335,84 @@ fn main() {
                 eprintln!("  caused by: {cause}");
             }
             std::process::exit(1);
+        }
+    }
+}
+
+/// `weft link`: create, list or revoke share links through the running node.
+fn link(home: &Home, args: LinkArgs, json: bool) -> Result<i32> {
+    use weft_store::links::LocalLink;
+    let show = |l: &LocalLink| -> Result<()> {
+        if json {
+            print_json(l)?;
+        } else if l.revoked {
+            println!("revoked {}", l.token);
+        } else {
+            println!("{}", l.url);
+        }
+        Ok(())
+    };
+    match args.cmd {
+        Some(LinkCmd::List) => {
+            let links = match control(home, ControlRequest::LinkList)? {
+                ControlResponse::Links { links } => links,
+                other => bail!("unexpected answer: {other:?}"),
+            };
+            if json {
+                print_json(&links)?;
+                return Ok(0);
+            }
+            if links.is_empty() {
+                println!("no share links (create one with `weft link PATH`)");
+            }
+            for l in &links {
+                let state = if l.revoked {
+                    "revoked".to_string()
+                } else if l.expires_ms.is_some_and(|e| e <= now_ms()) {
+                    "expired".to_string()
+                } else {
+                    "active".to_string()
+                };
+                println!(
+                    "{}  {state:<8} expires {:<19}  downloads {:<5} {}{}",
+                    l.token,
+                    l.expires_ms.map(when).unwrap_or_else(|| "never".into()),
+                    l.max_downloads
+                        .map(|n| format!("≤{n}"))
+                        .unwrap_or_else(|| "any".into()),
+                    l.path,
+                    if l.password { "  (password)" } else { "" }
+                );
+            }
+            Ok(0)
+        }
+        Some(LinkCmd::Revoke { token }) => {
+            match control(home, ControlRequest::LinkRevoke { token })? {
+                ControlResponse::Link { link } => show(&link)?,
+                other => bail!("unexpected answer: {other:?}"),
+            }
+            Ok(0)
+        }
+        None => {
+            let Some(path) = args.path else {
+                bail!("give the file or directory to share: weft link PATH");
+            };
+            let password = if args.password {
+                Some(links::read_password("Password for the link: ")?)
+            } else {
+                None
+            };
+            let options = weft_node::links::LinkOptions {
+                path: absolute(&path)?,
+                password,
+                expires_secs: args.expires,
+                max_downloads: args.max_downloads,
+            };
+            match control(home, ControlRequest::LinkCreate { options })? {
+                ControlResponse::Link { link } => show(&link)?,
+                other => bail!("unexpected answer: {other:?}"),
+            }
+            Ok(0)
         }
     }
 }
@@ -976,6 +1103,28 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("added contact {:?} ({})", c.name, c.person);
             }
         }
+        Cmd::Link(args) => {
+            link(&home, args, json)?;
+        }
+        Cmd::Get { url, out, password } => {
+            let password = if password {
+                Some(links::read_password("Password: ")?)
+            } else {
+                None
+            };
+            let got = links::get(&url, out, password)?;
+            if json {
+                print_json(&got)?;
+            } else {
+                println!(
+                    "wrote {} ({} file{}, {}), verified",
+                    got.path,
+                    got.files,
+                    if got.files == 1 { "" } else { "s" },
+                    human_bytes(got.bytes)
+                );
+            }
+        }
         Cmd::Contact(ContactCmd::List) => {
             let SharingAnswer::Contacts(contacts) = sharing(&home, SharingRequest::Contacts)?
             else {
@@ -1104,6 +1253,7 @@ fn relay(home: &Home, cmd: RelayCmd, json: bool) -> Result<i32> {
             data,
             listen,
             http,
+            public_url,
             quota_per_person,
             retention_days,
         } => {
@@ -1114,6 +1264,7 @@ fn relay(home: &Home, cmd: RelayCmd, json: bool) -> Result<i32> {
                 .collect::<Result<_, _>>()
                 .context("bad --listen address")?;
             cfg.http = http;
+            cfg.public_url = public_url;
             cfg.quota_per_person = quota_per_person;
             cfg.retention_days = retention_days;
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -11,6 +11,8 @@
 //!   sealing of log-entry bodies under the metadata key.
 //! - [`chunk`]: convergent chunk keys, chunk sealing, chunk ids.
 //! - [`wrap`]: sealing a secret to a person's X25519 key (for sharing and pairing).
+//! - [`link`]: share links: the key in the URL's fragment, the password KDF, the
+//!   sealed record a relay serves without being able to read it.
 //! - [`recovery`]: the person key as a recovery key a person can write down.
 //! - [`hash`]: the 32-byte BLAKE3 digest type used everywhere.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -21,6 +23,7 @@ mod error;
 pub mod folder;
 pub mod hash;
 pub mod identity;
+pub mod link;
 pub mod recovery;
 pub mod wrap;
 

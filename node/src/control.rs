@@ -55,6 +55,18 @@ pub enum ControlRequest {
         /// The command.
         command: crate::sharing::SharingRequest,
     },
+    /// Creates a share link (`weft link PATH`).
+    LinkCreate {
+        /// What to share and how.
+        options: crate::links::LinkOptions,
+    },
+    /// The share links this device created.
+    LinkList,
+    /// Revokes a share link.
+    LinkRevoke {
+        /// Its token.
+        token: String,
+    },
 }
 
 /// One connected peer, for `weft status`.
@@ -125,6 +137,16 @@ pub enum ControlResponse {
     Restored {
         /// The report.
         report: serde_json::Value,
+    },
+    /// A share link created or revoked.
+    Link {
+        /// The link.
+        link: weft_store::links::LocalLink,
+    },
+    /// The share links this device created.
+    Links {
+        /// The links, oldest first.
+        links: Vec<weft_store::links::LocalLink>,
     },
     /// The request failed.
     Error {

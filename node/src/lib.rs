@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod control;
 pub mod join;
+pub mod links;
 pub mod node;
 pub mod pairing;
 pub mod protocol;

@@ -1496,6 +1496,23 @@ fn on_cmd(st: &mut State, cmd: Cmd) {
                     let _ = reply.send(resp);
                 });
             }
+            ControlRequest::LinkCreate { .. }
+            | ControlRequest::LinkList
+            | ControlRequest::LinkRevoke { .. } => {
+                // Store reads, scrypt and relay requests through this very task: off it.
+                let shared = st.shared.clone();
+                let cmds = st.cmd_tx.clone();
+                tokio::spawn(async move {
+                    let resp = tokio::task::spawn_blocking(move || {
+                        crate::links::control(&shared, &cmds, req)
+                    })
+                    .await
+                    .unwrap_or_else(|e| ControlResponse::Error {
+                        message: e.to_string(),
+                    });
+                    let _ = reply.send(resp);
+                });
+            }
             req => {
                 let resp = control(st, req);
                 let _ = reply.send(resp);
@@ -1597,7 +1614,11 @@ fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
                 message: e.to_string(),
             },
         },
-        ControlRequest::History { .. } | ControlRequest::Restore { .. } => ControlResponse::Error {
+        ControlRequest::History { .. }
+        | ControlRequest::Restore { .. }
+        | ControlRequest::LinkCreate { .. }
+        | ControlRequest::LinkList
+        | ControlRequest::LinkRevoke { .. } => ControlResponse::Error {
             message: "handled elsewhere".into(),
         },
         ControlRequest::Conflicts => {

@@ -220,6 +220,32 @@ pub enum StoreRequest {
     /// The folders the sender's person is a member of, with their membership chains'
     /// lengths: how a device learns that a folder was shared with its person.
     Shared,
+    /// Creates a share link (see `weft_crypto::link`): the relay keeps the sealed
+    /// record and serves it, and only the listed chunks of `folder`, over HTTP to
+    /// whoever presents the access token whose hash is given.
+    CreateLink {
+        /// The link's token (random, chosen by the device).
+        token: [u8; 16],
+        /// The folder whose chunks the link reads.
+        folder: FolderId,
+        /// The sealed record (at most `weft_crypto::link::MAX_RECORD_LEN`).
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+        /// The chunks the link may read (at most `weft_crypto::link::MAX_LINK_CHUNKS`),
+        /// all stored in `folder`.
+        chunks: Vec<ChunkId>,
+        /// BLAKE3 of the access token.
+        access_hash: [u8; 32],
+        /// When the link stops working, Unix ms.
+        expires_ms: Option<u64>,
+        /// How many times the record may be fetched.
+        max_downloads: Option<u64>,
+    },
+    /// Revokes a link the sender's person created.
+    RevokeLink {
+        /// The link's token.
+        token: [u8; 16],
+    },
     /// Never on the wire: an unreadable request (see [`SyncRequest::Malformed`]).
     #[serde(skip)]
     Malformed(String),
@@ -273,6 +299,14 @@ pub enum StoreResponse {
         /// Why.
         reason: String,
     },
+    /// Answers `CreateLink`.
+    LinkCreated {
+        /// The relay's public HTTP base URL (`https://relay.example`), to which
+        /// `/s/<token>` is appended.
+        base_url: String,
+    },
+    /// Answers `RevokeLink`.
+    LinkRevoked,
 }
 
 /// Most chunk ids one `Live` report may carry (it fits in [`MAX_STORE_MESSAGE`]).

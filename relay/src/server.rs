@@ -50,8 +50,11 @@ pub struct ServeConfig {
     pub data: PathBuf,
     /// libp2p addresses to listen on.
     pub listen: Vec<Multiaddr>,
-    /// Where `/metrics` is served over HTTP, if anywhere.
+    /// Where `/metrics` and share links are served over HTTP, if anywhere.
     pub http: Option<SocketAddr>,
+    /// The public base URL of that HTTP server, as share links show it
+    /// (`https://relay.example`); `http://<the bound address>` if not set.
+    pub public_url: Option<String>,
     /// Bytes each person may store.
     pub quota_per_person: Option<u64>,
     /// Circuit relay limits.
@@ -127,6 +130,7 @@ impl ServeConfig {
             data,
             listen: Vec::new(),
             http: None,
+            public_url: None,
             quota_per_person: None,
             circuits: CircuitLimits::default(),
             retention_days: DEFAULT_RETENTION_DAYS,
@@ -249,6 +253,8 @@ struct State {
     done_tx: mpsc::UnboundedSender<Done>,
     connected: HashMap<PeerId, usize>,
     retention_days: u32,
+    /// The public HTTP base URL, if the relay serves HTTP (share links need it).
+    public_url: Option<String>,
 }
 
 /// The relay's own key: `relay.key` in the data directory (created on first start,
@@ -372,29 +378,22 @@ pub async fn serve(
             .listen_on(a.clone())
             .map_err(|e| ServeError::Network(format!("cannot listen on {a}: {e}")))?;
     }
+    let mut public_url = None;
     if let Some(addr) = cfg.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| ServeError::Network(format!("cannot listen on http://{addr}: {e}")))?;
-        info!(
-            "metrics on http://{}/metrics",
-            listener.local_addr().unwrap_or(addr)
-        );
-        let (store, metrics) = (store.clone(), metrics.clone());
+        let bound = listener.local_addr().unwrap_or(addr);
+        let url = cfg
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"));
+        info!("metrics on http://{bound}/metrics, share links at {url}/s/…");
+        public_url = Some(url.trim_end_matches('/').to_string());
+        let app = crate::web::router(store.clone(), metrics.clone(), &cfg.data);
         tokio::spawn(async move {
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let (store, metrics) = (store.clone(), metrics.clone());
-                    async move {
-                        tokio::task::spawn_blocking(move || metrics.render(&store))
-                            .await
-                            .unwrap_or_default()
-                    }
-                }),
-            );
             if let Err(e) = axum::serve(listener, app).await {
-                warn!("metrics server stopped: {e}");
+                warn!("http server stopped: {e}");
             }
         });
     }
@@ -406,6 +405,7 @@ pub async fn serve(
         done_tx,
         connected: HashMap::new(),
         retention_days: cfg.retention_days,
+        public_url,
     };
     // Retention: forget what no retained version needs any more, then remove the
     // blobs nothing references; now and every few hours.
@@ -580,8 +580,16 @@ fn on_store(
 ) {
     let (store, metrics, done) = (st.store.clone(), st.metrics.clone(), st.done_tx.clone());
     let retention = st.retention_days;
+    let public_url = st.public_url.clone();
     tokio::task::spawn_blocking(move || {
-        let (resp, stored) = store_request(&store, &metrics, retention, peer, req);
+        let (resp, stored) = store_request(
+            &store,
+            &metrics,
+            retention,
+            public_url.as_deref(),
+            peer,
+            req,
+        );
         if let Some(folder) = stored {
             let _ = done.send(Done::Stored(folder, peer));
         }
@@ -595,6 +603,7 @@ fn store_request(
     store: &RelayStore,
     metrics: &Metrics,
     retention_days: u32,
+    public_url: Option<&str>,
     peer: PeerId,
     req: StoreRequest,
 ) -> (StoreResponse, Option<FolderId>) {
@@ -804,6 +813,56 @@ fn store_request(
                 });
             match r {
                 Ok(folders) => (StoreResponse::Shared { folders }, None),
+                Err(e) => (refused(e), None),
+            }
+        }
+        StoreRequest::CreateLink {
+            token,
+            folder,
+            record,
+            chunks,
+            access_hash,
+            expires_ms,
+            max_downloads,
+        } => {
+            metrics.request("create_link");
+            let Some(base_url) = public_url else {
+                metrics.reject("no_http");
+                return (
+                    StoreResponse::Refused {
+                        reason: "this relay serves no HTTP, so it cannot serve share links \
+                                 (its operator can start it with --http)"
+                            .into(),
+                    },
+                    None,
+                );
+            };
+            let link = crate::links::NewLink {
+                token,
+                folder,
+                record,
+                chunks,
+                access_hash,
+                expires_ms,
+                max_downloads,
+            };
+            match registered().and_then(|()| store.create_link(&dev, link)) {
+                Ok(()) => {
+                    info!(peer = %peer, "share link created");
+                    (
+                        StoreResponse::LinkCreated {
+                            base_url: base_url.to_string(),
+                        },
+                        None,
+                    )
+                }
+                Err(e) => (refused(e), None),
+            }
+        }
+        StoreRequest::RevokeLink { token } => {
+            metrics.request("revoke_link");
+            match registered().and_then(|()| store.revoke_link(&dev, &token)) {
+                Ok(()) => (StoreResponse::LinkRevoked, None),
                 Err(e) => (refused(e), None),
             }
         }

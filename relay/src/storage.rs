@@ -59,6 +59,9 @@
 //! | `blobs-1` | chunk (32) | ciphertext length (u64): a blob file exists |
 //! | `folder-chunks-1` | folder (16) ‖ chunk (32) | empty: the folder stores the chunk |
 //! | `chunk-folders-1` | chunk (32) ‖ folder (16) | empty: the same rows by chunk |
+//! | `links-1` | token (16) | a share link (see `links.rs`): owner, folder, limits, sealed record |
+//! | `link-chunks-1` | token (16) ‖ chunk (32) | empty: the chunks a link may read |
+//! | `person-links-1` | person (32) ‖ token (16) | empty: a person's links (bounded count) |
 //!
 //! That is all the relay keeps: folder ids, device and person ids with their
 //! certificates, the entries as uploaded (clear headers, sealed bodies), chunk sizes and
@@ -113,16 +116,17 @@ const ROLE_OWNER: u8 = 1;
 const ROLE_EDITOR: u8 = 2;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
-const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices-1");
+pub(crate) const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices-1");
 const PERSONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("persons-1");
 const FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("folders-1");
-const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members-1");
+pub(crate) const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members-1");
 const PERSON_FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("person-folders-1");
 const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage-1");
 const LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("log-1");
 const TIPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tips-1");
-const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs-1");
-const FOLDER_CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("folder-chunks-1");
+pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs-1");
+pub(crate) const FOLDER_CHUNKS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("folder-chunks-1");
 const CHUNK_FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunk-folders-1");
 /// `folder (16) ‖ person (32) → envelope`: the folder's keys wrapped to that person's
 /// key (opaque here), for a person recovering on a new device.
@@ -140,7 +144,7 @@ pub const MAX_PUT_MEMBERSHIP: usize = weft_store::members::MAX_CHAIN_BATCH;
 /// Most chunk ids one live report may name.
 pub const MAX_LIVE_IDS: usize = 350_000;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -235,7 +239,7 @@ db_error_from!(
     redb::CommitError
 );
 
-fn io_err(path: &Path, source: std::io::Error) -> RelayError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> RelayError {
     RelayError::Io {
         path: path.display().to_string(),
         source,
@@ -243,7 +247,7 @@ fn io_err(path: &Path, source: std::io::Error) -> RelayError {
 }
 
 /// A stored value or key that does not have the shape this code writes.
-fn corrupt(what: &str) -> RelayError {
+pub(crate) fn corrupt(what: &str) -> RelayError {
     RelayError::Db(format!("damaged record: {what}"))
 }
 
@@ -309,7 +313,7 @@ impl FolderRecord {
 
 /// The relay's storage (see the module docs). Safe to share between threads.
 pub struct RelayStore {
-    db: Database,
+    pub(crate) db: Database,
     /// `<dir>/blobs`.
     blobs: PathBuf,
     cfg: StorageConfig,
@@ -323,15 +327,15 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 // ---- keys and values -------------------------------------------------------------
 
-fn person_bytes(p: &PersonId) -> &[u8; 32] {
+pub(crate) fn person_bytes(p: &PersonId) -> &[u8; 32] {
     &p.0.0
 }
 
-fn chunk_bytes(c: &ChunkId) -> &[u8; 32] {
+pub(crate) fn chunk_bytes(c: &ChunkId) -> &[u8; 32] {
     &c.0.0
 }
 
-fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
+pub(crate) fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + b.len());
     k.extend_from_slice(a);
     k.extend_from_slice(b);
@@ -352,7 +356,7 @@ fn key_entry(folder: &FolderId, author: &DeviceId, seq: u64) -> Vec<u8> {
     k
 }
 
-fn u64_value(what: &str, b: &[u8]) -> Result<u64, RelayError> {
+pub(crate) fn u64_value(what: &str, b: &[u8]) -> Result<u64, RelayError> {
     let a: [u8; 8] = b.try_into().map_err(|_| corrupt(what))?;
     Ok(u64::from_le_bytes(a))
 }
@@ -374,14 +378,14 @@ fn decode_tip(b: &[u8]) -> Result<(u64, Hash), RelayError> {
 }
 
 /// The 32 bytes at `at` in a key.
-fn key_32(k: &[u8], at: usize) -> Result<[u8; 32], RelayError> {
+pub(crate) fn key_32(k: &[u8], at: usize) -> Result<[u8; 32], RelayError> {
     k.get(at..at + 32)
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| corrupt("key length"))
 }
 
 /// The 16 bytes at `at` in a key.
-fn key_16(k: &[u8], at: usize) -> Result<[u8; 16], RelayError> {
+pub(crate) fn key_16(k: &[u8], at: usize) -> Result<[u8; 16], RelayError> {
     k.get(at..at + 16)
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| corrupt("key length"))
@@ -402,7 +406,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// Calls `f` with each `(key, value)` of `table` whose key starts with `prefix`, until
 /// it returns `false`.
-fn scan_prefix<T: ReadableTable<&'static [u8], &'static [u8]>>(
+pub(crate) fn scan_prefix<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
     prefix: &[u8],
     mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, RelayError>,
@@ -423,7 +427,7 @@ fn scan_prefix<T: ReadableTable<&'static [u8], &'static [u8]>>(
 
 /// The person of a registered device (its certificate is re-verified: the database is
 /// disk, not memory).
-fn person_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+pub(crate) fn person_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     devices: &T,
     device: &DeviceId,
 ) -> Result<Option<PersonId>, RelayError> {
@@ -441,7 +445,7 @@ fn person_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
 }
 
 /// A person's role in a folder, if a member.
-fn role_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+pub(crate) fn role_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     members: &T,
     folder: &FolderId,
     person: &PersonId,
@@ -564,6 +568,9 @@ impl RelayStore {
                 KEYS,
                 LIVE,
                 MEMBERSHIP,
+                crate::links::LINKS,
+                crate::links::LINK_CHUNKS,
+                crate::links::PERSON_LINKS,
             ] {
                 txn.open_table(t)?;
             }
@@ -1196,7 +1203,7 @@ impl RelayStore {
 
     /// Reads a blob of recorded length `len`, checked against its id; `None` (with a
     /// warning) if it is missing, of another length or damaged.
-    fn read_blob(&self, id: &ChunkId, len: u64) -> Result<Option<Vec<u8>>, RelayError> {
+    pub(crate) fn read_blob(&self, id: &ChunkId, len: u64) -> Result<Option<Vec<u8>>, RelayError> {
         if len > MAX_BLOB_LEN as u64 {
             tracing::warn!(chunk = %id, len, "blob record over the size limit; not read");
             return Ok(None);

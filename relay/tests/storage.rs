@@ -1272,11 +1272,15 @@ fn membership_decides_who_writes_and_only_the_owner_changes_it() {
         .unwrap_err();
     assert!(matches!(e, RelayError::NotAllowed { .. }), "{e:?}");
     assert_eq!(
-        relay.put_membership(&a.id(), &fid, std::slice::from_ref(&m1)).unwrap(),
+        relay
+            .put_membership(&a.id(), &fid, std::slice::from_ref(&m1))
+            .unwrap(),
         1
     );
     assert_eq!(
-        relay.put_membership(&a.id(), &fid, std::slice::from_ref(&m1)).unwrap(),
+        relay
+            .put_membership(&a.id(), &fid, std::slice::from_ref(&m1))
+            .unwrap(),
         0
     );
     assert!(relay.may_read(&b.id(), &fid).unwrap());

@@ -13,7 +13,7 @@ use std::path::Path;
 use weft_crypto::{ChunkId, DeviceId, FolderId, FolderSecret, Hash, PersonId};
 
 /// Current schema version, kept in `meta-1` under `"schema"`.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// `name → value`: schema version and similar.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
@@ -50,6 +50,8 @@ pub const MEMBERSHIP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("memb
 pub const SECRETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("folder-secrets-1");
 /// `folder (16) → Offer`: folders shared with this person not synced here.
 pub const OFFERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("offers-1");
+/// `link token (base64url) → LocalLink`: share links this device created.
+pub const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links-1");
 
 /// A registered folder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -297,6 +299,10 @@ pub fn open(path: &Path) -> Result<Database> {
             txn.open_table(MEMBERSHIP)?;
             txn.open_table(SECRETS)?;
             txn.open_table(OFFERS)?;
+        }
+        // Migration 7 → 8: share links.
+        if current < 8 {
+            txn.open_table(LINKS)?;
         }
         meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }

@@ -14,6 +14,7 @@
 //! - [`scan`]: disk against index.
 //! - [`members`]: folder membership chains (roles, cuts, wrapped keyrings).
 //! - [`history`]: versions, restore, retention and gc; [`verify`]: the store check.
+//! - [`links`]: the share links this device created.
 //! - [`home`]: key files, config and paths of a device's home directory.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs)]
@@ -25,6 +26,7 @@ pub mod db;
 mod error;
 pub mod history;
 pub mod home;
+pub mod links;
 pub mod locs;
 pub mod log;
 pub mod members;

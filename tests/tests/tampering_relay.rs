@@ -638,6 +638,9 @@ fn store_answer(s: &Shared, peer: PeerId, req: StoreRequest) -> StoreResponse {
             Ok(Err(e)) => refused(&e),
             Err(e) => refused(&e),
         },
+        StoreRequest::CreateLink { .. } | StoreRequest::RevokeLink { .. } => {
+            refused(&"this test relay serves no share links")
+        }
         StoreRequest::Malformed(reason) => refused(&reason),
     }
 }
