@@ -467,7 +467,7 @@ fn sharing(home: &Home, command: SharingRequest) -> Result<SharingAnswer> {
 /// Runs a sharing command whose answer is a message, and prints it.
 fn say(home: &Home, command: SharingRequest, json: bool) -> Result<()> {
     let message = match sharing(home, command)? {
-        SharingAnswer::Changed(m) | SharingAnswer::Declined(m) => m,
+        SharingAnswer::Changed { message, .. } | SharingAnswer::Declined(message) => message,
         _ => bail!("unexpected answer from the node"),
     };
     if json {

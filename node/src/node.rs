@@ -886,7 +886,29 @@ fn pull_all(st: &mut State, peer: PeerId) {
     }
 }
 
+/// Catches up with `peer` on `folder`: a device is first asked for the folder's
+/// membership (entries are judged by it), then for entries; a relay (whose membership
+/// the uploader brings) for entries at once.
 fn pull(st: &mut State, peer: PeerId, folder: FolderId) {
+    if st.peers.get(&peer).is_some_and(|p| p.is_relay) {
+        return pull_entries(st, peer, folder);
+    }
+    let since = match store(st).membership_chain(&folder) {
+        Ok(c) => c.len() as u64,
+        Err(e) => {
+            warn!("cannot read the membership chain: {e}");
+            return;
+        }
+    };
+    let id = st
+        .swarm
+        .behaviour_mut()
+        .sync
+        .send_request(&peer, SyncRequest::Members { folder, since });
+    st.pulls.insert(id, (peer, folder));
+}
+
+fn pull_entries(st: &mut State, peer: PeerId, folder: FolderId) {
     let have = match store(st).tips(&folder) {
         Ok(t) => t,
         Err(e) => {
@@ -969,7 +991,7 @@ fn on_sync(st: &mut State, ev: request_response::Event<SyncRequest, SyncResponse
                             notify_peers(st, folder, Some(peer));
                         }
                         if more && acc.rejected.is_empty() {
-                            pull(st, peer, folder);
+                            pull_entries(st, peer, folder);
                         }
                         if st.peers.get(&peer).is_some_and(|p| p.is_relay) {
                             relay_served(st, peer, folder, &entries);
@@ -977,6 +999,26 @@ fn on_sync(st: &mut State, ev: request_response::Event<SyncRequest, SyncResponse
                     }
                     Err(e) => warn!(peer = %peer, "cannot store entries: {e}"),
                 }
+            }
+            SyncResponse::Members { entries } => {
+                let Some((_, folder)) = st.pulls.remove(&request_id) else {
+                    return;
+                };
+                if !entries.is_empty() {
+                    let entries: Vec<Vec<u8>> = entries
+                        .into_iter()
+                        .take(weft_store::members::MAX_CHAIN_BATCH)
+                        .map(|b| b.into_vec())
+                        .collect();
+                    match store(st).accept_membership(&folder, &entries) {
+                        Ok(c) if c.rotated => {
+                            info!(folder = %folder, "the folder's key was rotated by its owner")
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(peer = %peer, "rejected membership entries: {e}"),
+                    }
+                }
+                pull_entries(st, peer, folder);
             }
             SyncResponse::Hello { cert } => {
                 accept_hello(st, peer, &cert);
@@ -1097,6 +1139,19 @@ fn handle_sync_request(st: &mut State, peer: PeerId, req: SyncRequest) -> SyncRe
             }
             SyncResponse::Ack
         }
+        SyncRequest::Members { folder, since } => match store(st).membership_chain(&folder) {
+            Ok(chain) => SyncResponse::Members {
+                entries: chain
+                    .into_iter()
+                    .skip(usize::try_from(since).unwrap_or(usize::MAX))
+                    .take(weft_store::members::MAX_CHAIN_BATCH)
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+            },
+            Err(e) => SyncResponse::Refused {
+                reason: e.to_string(),
+            },
+        },
     }
 }
 

@@ -61,6 +61,14 @@ pub enum SyncRequest {
         /// The folder.
         folder: FolderId,
     },
+    /// Asks for `folder`'s membership entries after the first `since` (asked before
+    /// each Pull, so entries are judged by the membership they were written under).
+    Members {
+        /// The folder.
+        folder: FolderId,
+        /// How many the sender holds.
+        since: u64,
+    },
     /// Never on the wire: what the codec hands the node for a request it could not
     /// read (over the size limit, or malformed), so the node can log it with the peer
     /// and refuse it.
@@ -90,6 +98,11 @@ pub enum SyncResponse {
     },
     /// Acknowledges a Notify.
     Ack,
+    /// Answers `Members`: membership entries, oldest first.
+    Members {
+        /// Encoded membership entries (at most `weft_store::members::MAX_CHAIN_BATCH`).
+        entries: Vec<serde_bytes::ByteBuf>,
+    },
     /// The request was refused.
     Refused {
         /// Why.

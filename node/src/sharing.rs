@@ -75,8 +75,13 @@ pub enum SharingAnswer {
     Members(Vec<MemberInfo>),
     /// Offers.
     Shares(Vec<Offer>),
-    /// Membership changed (share, unshare): what to tell the user.
-    Changed(String),
+    /// Membership of `folder` changed (share, unshare).
+    Changed {
+        /// The folder.
+        folder: weft_crypto::FolderId,
+        /// What to tell the user.
+        message: String,
+    },
     /// An offer was accepted: the folder syncs at `root`.
     Accepted {
         /// The folder.
@@ -130,19 +135,25 @@ pub fn handle(store: &Store, req: SharingRequest) -> Result<SharingAnswer, NodeE
             let f = store.find_folder(&folder)?;
             let c = contact(store, &with)?;
             store.share(&f, c.person, role)?;
-            SharingAnswer::Changed(format!(
-                "shared {} with {} as {role}; they see it in `weft shares` once a relay you both use has it",
-                f.name, c.name
-            ))
+            SharingAnswer::Changed {
+                folder: f.id,
+                message: format!(
+                    "shared {} with {} as {role}; they see it in `weft shares` once a relay you both use has it",
+                    f.name, c.name
+                ),
+            }
         }
         SharingRequest::Unshare { folder, with } => {
             let f = store.find_folder(&folder)?;
             let c = contact(store, &with)?;
             store.unshare(&f, c.person)?;
-            SharingAnswer::Changed(format!(
-                "removed {} from {}; the folder has a new key: nothing written from now on is readable with what they hold",
-                c.name, f.name
-            ))
+            SharingAnswer::Changed {
+                folder: f.id,
+                message: format!(
+                    "removed {} from {}; the folder has a new key: nothing written from now on is readable with what they hold",
+                    c.name, f.name
+                ),
+            }
         }
         SharingRequest::Members { folder } => {
             let f = store.find_folder(&folder)?;

@@ -237,11 +237,44 @@ async fn sync_membership(
         }
     }
     let me = shared.store.identity().person_id();
-    let owned = {
+    let folders = {
         let s = shared.clone();
         blocking(move || Ok(s.store.folders()?)).await?
     };
-    for f in owned.into_iter().filter(|f| f.owner == me) {
+    // A folder shared with this person that the relay no longer lists for it: it
+    // was removed (the relay still shows the chain to persons it ever listed).
+    for f in folders
+        .iter()
+        .filter(|f| f.owner != me && !there.contains_key(&f.id))
+    {
+        let since = {
+            let (s, id) = (shared.clone(), f.id);
+            blocking(move || Ok(s.store.membership_chain(&id)?.len() as u64)).await?
+        };
+        let entries = match ask(
+            cmds,
+            relay,
+            StoreRequest::Membership {
+                folder: f.id,
+                since,
+            },
+        )
+        .await
+        {
+            Ok(StoreResponse::Membership { entries }) => entries,
+            _ => continue, // a relay that never held it
+        };
+        if entries.is_empty() {
+            continue;
+        }
+        let entries: Vec<Vec<u8>> = entries.into_iter().map(|b| b.into_vec()).collect();
+        let (s, id) = (shared.clone(), f.id);
+        let change = blocking(move || Ok(s.store.accept_membership(&id, &entries)?)).await?;
+        if change.removed {
+            warn!(folder = %f.name, "you were removed from this shared folder: what you have stays, nothing new arrives");
+        }
+    }
+    for f in folders.into_iter().filter(|f| f.owner == me) {
         let chain = {
             let (s, id) = (shared.clone(), f.id);
             blocking(move || Ok(s.store.membership_chain(&id)?)).await?

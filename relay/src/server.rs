@@ -933,6 +933,18 @@ fn sync_request(
             r.unwrap_or_else(refused)
         }
         SyncRequest::Notify { .. } => SyncResponse::Ack,
+        SyncRequest::Members { folder, since } => {
+            metrics.request("members");
+            match store.membership_since(&dev, &folder, since) {
+                Ok(entries) => SyncResponse::Members {
+                    entries: entries
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect(),
+                },
+                Err(e) => refused(e),
+            }
+        }
         SyncRequest::Hello { .. } => SyncResponse::Refused {
             reason: "this is a relay, not a device".into(),
         },
@@ -998,7 +1010,8 @@ fn on_done(st: &mut State, done: Done) {
             let _ = b.store.send_response(ch, r);
         }
         Done::Stored(folder, from) => {
-            // Connected devices that may read the folder pull what is new.
+            // Connected devices that may read the folder pull what is new (and those
+            // of removed members learn of their removal).
             let peers: Vec<PeerId> = st
                 .connected
                 .keys()
@@ -1007,7 +1020,7 @@ fn on_done(st: &mut State, done: Done) {
                 .collect();
             for p in peers {
                 let readable =
-                    device(&p).is_some_and(|d| st.store.may_read(&d, &folder).unwrap_or(false));
+                    device(&p).is_some_and(|d| st.store.listed(&d, &folder).unwrap_or(false));
                 if readable {
                     st.swarm
                         .behaviour_mut()

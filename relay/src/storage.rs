@@ -1500,25 +1500,45 @@ impl RelayStore {
         Ok(new.len())
     }
 
-    /// The membership entries of `folder` after `since`, for a member's device.
+    /// The membership entries of `folder` after `since`, for the device of a person
+    /// the chain ever listed.
     pub fn membership_since(
         &self,
         reader: &DeviceId,
         folder: &FolderId,
         since: u64,
     ) -> Result<Vec<Vec<u8>>, RelayError> {
-        if !self.may_read(reader, folder)? {
+        if !self.listed(reader, folder)? {
             return Err(not_allowed(
                 folder,
                 "this device's person is not a member".into(),
             ));
         }
-        Ok(self
-            .membership_chain(folder)?
+        let chain = self.membership_chain(folder)?;
+        Ok(chain
             .into_iter()
             .skip(usize::try_from(since).unwrap_or(usize::MAX))
             .take(MAX_PUT_MEMBERSHIP)
             .collect())
+    }
+
+    /// Whether `device`'s person is a member of `folder`, or was one: a removed
+    /// member may still read the membership chain, to learn of the removal.
+    pub fn listed(&self, device: &DeviceId, folder: &FolderId) -> Result<bool, RelayError> {
+        if self.may_read(device, folder)? {
+            return Ok(true);
+        }
+        let person = {
+            let r = self.db.begin_read()?;
+            person_in(&r.open_table(DEVICES)?, device)?
+        };
+        let Some(p) = person else {
+            return Ok(false);
+        };
+        Ok(self
+            .membership_chain(folder)?
+            .iter()
+            .any(|raw| MembershipEntry::decode(raw).is_ok_and(|e| e.role_of(&p).is_some())))
     }
 
     /// The membership chain of `folder`, oldest first (empty: never shared).

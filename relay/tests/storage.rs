@@ -1314,5 +1314,10 @@ fn membership_decides_who_writes_and_only_the_owner_changes_it() {
     relay.put_membership(&a.id(), &fid, &[m3]).unwrap();
     assert!(!relay.may_read(&b.id(), &fid).unwrap());
     assert!(relay.shared_with(&b.person()).unwrap().is_empty());
-    assert!(relay.membership_since(&b.id(), &fid, 0).is_err());
+    // ... but may read the chain, to learn that they were removed.
+    assert_eq!(relay.membership_since(&b.id(), &fid, 0).unwrap().len(), 3);
+    // A person never listed may not.
+    let c = Device::new("carol");
+    relay.register(&c.cert()).unwrap();
+    assert!(relay.membership_since(&c.id(), &fid, 0).is_err());
 }

@@ -228,6 +228,12 @@ impl Script {
                 self.inbound.push("notify");
                 Wire::Msg(SyncResponse::Ack)
             }
+            SyncRequest::Members { .. } => {
+                self.inbound.push("members");
+                Wire::Msg(SyncResponse::Members {
+                    entries: Vec::new(),
+                })
+            }
             SyncRequest::Malformed(reason) => Wire::Msg(SyncResponse::Refused { reason }),
         }
     }

@@ -233,6 +233,14 @@ async fn share_edit_downgrade_and_unshare_between_two_persons() {
         role_of(&a2, "shared", &bob).is_none()
     })
     .await;
+    eventually("bob's devices learn they were removed", WAIT, || {
+        [&b1, &b2].iter().all(|d| {
+            folder_status(d)
+                .iter()
+                .any(|f| f.name == "shared" && f.role.as_deref() == Some("removed"))
+        })
+    })
+    .await;
     a1.write("after-unshare.txt", b"not for bob");
     converge(&[&a1, &a2], WAIT).await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -365,6 +365,11 @@ fn sync_answer(s: &Shared, peer: PeerId, req: SyncRequest) -> SyncResponse {
     let (folder, have) = match req {
         SyncRequest::Pull { folder, have } => (folder, have),
         SyncRequest::Notify { .. } => return SyncResponse::Ack,
+        SyncRequest::Members { .. } => {
+            return SyncResponse::Members {
+                entries: Vec::new(),
+            };
+        }
         SyncRequest::Hello { .. } => return refused("this is a relay, not a device".into()),
         SyncRequest::Malformed(reason) => return refused(reason),
     };
