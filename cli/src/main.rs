@@ -42,8 +42,13 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Show this device's id, person id and name.
-    Id,
+    /// Show this device's id, person id, fingerprint and name.
+    Id {
+        /// Also show the person id as a QR code, for someone adding you as a contact
+        /// to scan and compare.
+        #[arg(long)]
+        qr: bool,
+    },
     /// Manage folders.
     #[command(subcommand)]
     Folder(FolderCmd),
@@ -533,7 +538,7 @@ fn run(cli: Cli) -> Result<i32> {
             // Create the database now so `init` leaves a complete home.
             open(&home)?;
         }
-        Cmd::Id => {
+        Cmd::Id { qr } => {
             let id = home.load_identity()?;
             if json {
                 print_json(&serde_json::json!({
@@ -547,6 +552,17 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("person id:   {}", id.person_id());
                 println!("fingerprint: {}", id.person_id().fingerprint());
                 println!("name:        {}", id.name());
+                if qr {
+                    let code = qrcode::QrCode::new(id.person_id().to_string().as_bytes())
+                        .context("cannot make a QR code of the person id")?;
+                    println!(
+                        "\nperson id as a QR code:\n{}",
+                        code.render::<qrcode::render::unicode::Dense1x2>()
+                            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                            .build()
+                    );
+                }
             }
         }
         Cmd::Folder(FolderCmd::Add {

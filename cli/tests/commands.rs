@@ -76,6 +76,43 @@ fn id_shows_the_identity_init_created() {
     );
     let human = env.run(["id"]).ok();
     assert!(human.stdout.contains(fp), "{}", human.stdout);
+
+    // `--qr` shows the person id as a QR code that a scanner reads back.
+    let qr = env.run(["id", "--qr"]).ok();
+    let rows: Vec<&str> = qr
+        .stdout
+        .lines()
+        .filter(|l| l.chars().any(|c| "█▀▄".contains(c)))
+        .collect();
+    assert!(rows.len() > 10, "{}", qr.stdout);
+    // Each character is two pixels, top and bottom; full blocks are light.
+    let width = rows[0].chars().count();
+    let scale = 4;
+    let (w, h) = (width * scale, rows.len() * 2 * scale);
+    let mut grey = vec![0u8; w * h];
+    for (r, line) in rows.iter().enumerate() {
+        for (x, c) in line.chars().enumerate() {
+            let (top, bottom) = match c {
+                '█' => (true, true),
+                '▀' => (true, false),
+                '▄' => (false, true),
+                _ => (false, false),
+            };
+            for (half, light) in [(0, top), (1, bottom)] {
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let y = (r * 2 + half) * scale + dy;
+                        grey[y * w + x * scale + dx] = if light { 255 } else { 0 };
+                    }
+                }
+            }
+        }
+    }
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| grey[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code");
+    let (_, content) = grids[0].decode().expect("the QR code decodes");
+    assert_eq!(content, id["person_id"].as_str().expect("person id"));
 }
 
 #[test]
