@@ -337,6 +337,7 @@ fn cut_file(
     path: &Path,
     file_no: usize,
     jobs: &Sender<Job>,
+    free: &Receiver<Vec<u8>>,
 ) -> std::result::Result<FileAttempt, ()> {
     let f = match File::open(path) {
         Ok(f) => f,
@@ -357,10 +358,13 @@ fn cut_file(
     let mut idx = 0u32;
     let mut hung_up = false;
     let res = crate::chunker::cut_with::<_, std::io::Error>(buf, &f, |c| {
+        let mut data = free.try_recv().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(c);
         let job = Job {
             file: file_no,
             idx,
-            data: c.to_vec(),
+            data,
         };
         idx += 1;
         jobs.send(job).map_err(|_| {
@@ -863,20 +867,38 @@ impl Store {
         // Sealed chunks waiting for the writer: at most 64 (4 MiB at the average chunk
         // size, 16 MiB at the largest), whatever the file size.
         let (msg_tx, msg_rx) = bounded::<Msg>(64);
+        // Buffers go round: plaintext from the cutter to a worker and back, ciphertext
+        // from a worker to the writer and back. New buffers would cost a page fault
+        // per 4 KiB each time (the allocator hands large blocks back to the system).
+        let free = Recycle {
+            plain: bounded::<Vec<u8>>(workers * 4 + 4),
+            sealed: bounded::<Vec<u8>>(32),
+        };
         let secret = *writer.keys.convergence_secret();
         std::thread::scope(|s| -> Result<()> {
             for _ in 0..workers {
                 let job_rx = job_rx.clone();
                 let msg_tx = msg_tx.clone();
-                s.spawn(move || seal_worker(&secret, job_rx, msg_tx));
+                let free = free.clone();
+                s.spawn(move || seal_worker(&secret, job_rx, msg_tx, &free));
             }
             drop(job_rx);
             {
                 let msg_tx = msg_tx.clone();
-                s.spawn(move || cutter(root, to_read, job_tx, msg_tx));
+                let plain = free.plain.1.clone();
+                s.spawn(move || cutter(root, to_read, job_tx, msg_tx, &plain));
             }
             drop(msg_tx);
-            let res = self.collect(to_read, index, writer, deleted, by_hash, progress, &msg_rx);
+            let res = self.collect(
+                to_read,
+                index,
+                writer,
+                deleted,
+                by_hash,
+                progress,
+                &msg_rx,
+                &free.sealed.0,
+            );
             // On error, hang up so the cutter and workers stop.
             drop(msg_rx);
             res
@@ -893,6 +915,7 @@ impl Store {
         by_hash: &mut HashMap<Hash, Vec<RelPath>>,
         progress: &dyn Progress,
         msgs: &Receiver<Msg>,
+        free_sealed: &Sender<Vec<u8>>,
     ) -> Result<()> {
         let mut pending: HashMap<usize, Pending> = HashMap::new();
         let mut which: HashMap<usize, usize> = HashMap::new();
@@ -901,6 +924,7 @@ impl Store {
                 Msg::Chunk { file, idx, sealed } => {
                     writer.put_chunk(&sealed)?;
                     progress.advance(u64::from(sealed.len));
+                    let _ = free_sealed.try_send(sealed.ciphertext);
                     let p = pending.entry(file).or_insert_with(|| Pending {
                         chunks: Vec::new(),
                         got: 0,
@@ -989,9 +1013,18 @@ fn writer_me(store: &Store) -> weft_crypto::DeviceId {
     store.id.device_id()
 }
 
-fn seal_worker(secret: &[u8; 32], jobs: Receiver<Job>, out: Sender<Msg>) {
+/// Free buffers for reuse (see [`Store::read_files`]).
+#[derive(Clone)]
+struct Recycle {
+    plain: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    sealed: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+}
+
+fn seal_worker(secret: &[u8; 32], jobs: Receiver<Job>, out: Sender<Msg>, free: &Recycle) {
     for job in jobs.iter() {
-        let sealed = SealedChunk::seal(secret, &job.data);
+        let buf = free.sealed.1.try_recv().unwrap_or_default();
+        let sealed = SealedChunk::seal_with(secret, &job.data, buf);
+        let _ = free.plain.0.try_send(job.data);
         if out
             .send(Msg::Chunk {
                 file: job.file,
@@ -1005,7 +1038,13 @@ fn seal_worker(secret: &[u8; 32], jobs: Receiver<Job>, out: Sender<Msg>) {
     }
 }
 
-fn cutter(root: &Path, to_read: &[(RelPath, Stat)], jobs: Sender<Job>, out: Sender<Msg>) {
+fn cutter(
+    root: &Path,
+    to_read: &[(RelPath, Stat)],
+    jobs: Sender<Job>,
+    out: Sender<Msg>,
+    free: &Receiver<Vec<u8>>,
+) {
     let mut attempt_no = 0usize;
     let mut buf = crate::chunker::Buffer::new();
     for (i, (path, _)) in to_read.iter().enumerate() {
@@ -1013,7 +1052,7 @@ fn cutter(root: &Path, to_read: &[(RelPath, Stat)], jobs: Sender<Job>, out: Send
         for n in 1..=MAX_ATTEMPTS {
             let file_no = attempt_no;
             attempt_no += 1;
-            let Ok(mut attempt) = cut_file(&mut buf, &full, file_no, &jobs) else {
+            let Ok(mut attempt) = cut_file(&mut buf, &full, file_no, &jobs, free) else {
                 return;
             };
             let retry = matches!(attempt, FileAttempt::Unstable { .. }) && n < MAX_ATTEMPTS;
