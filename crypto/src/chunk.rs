@@ -86,15 +86,20 @@ impl ChunkKey {
     /// Encrypts `plaintext` into `out`, replacing its contents and reusing its
     /// allocation (a scan recycles these buffers: fresh ones cost page faults).
     pub fn seal_into(&self, plaintext: &[u8], out: &mut Vec<u8>) {
-        use chacha20poly1305::aead::AeadInOut;
-        let cipher = ChaCha20Poly1305::new(&Key::from(self.0));
         out.clear();
         out.reserve(plaintext.len() + CHUNK_OVERHEAD);
         out.extend_from_slice(plaintext);
-        match cipher.encrypt_inout_detached(&Nonce::default(), &[], out.as_mut_slice().into()) {
-            Ok(tag) => out.extend_from_slice(&tag),
-            // Only for messages beyond 256 GiB: as `seal`, an empty result.
-            Err(_) => out.clear(),
+        // Fails only for messages beyond 256 GiB: as `seal`, an empty result.
+        self.seal_in_place(out);
+    }
+
+    /// Encrypts the plaintext in `buf` in place, appending the tag.
+    pub fn seal_in_place(&self, buf: &mut Vec<u8>) {
+        use chacha20poly1305::aead::AeadInOut;
+        let cipher = ChaCha20Poly1305::new(&Key::from(self.0));
+        match cipher.encrypt_inout_detached(&Nonce::default(), &[], buf.as_mut_slice().into()) {
+            Ok(tag) => buf.extend_from_slice(&tag),
+            Err(_) => buf.clear(),
         }
     }
 
@@ -150,6 +155,35 @@ impl SealedChunk {
         }
     }
 
+    /// As [`SealedChunk::open`], decrypting in place in `ciphertext`'s own buffer (no
+    /// second buffer for the plaintext).
+    pub fn open_owned(
+        id: &ChunkId,
+        key: &ChunkKey,
+        len: u32,
+        mut ciphertext: Vec<u8>,
+    ) -> Result<Vec<u8>, CryptoError> {
+        use chacha20poly1305::aead::AeadInOut;
+        id.check(&ciphertext)?;
+        let bad = CryptoError::Decrypt { what: "chunk" };
+        let n = ciphertext.len().checked_sub(CHUNK_OVERHEAD).ok_or(bad)?;
+        let (msg, tag) = ciphertext.split_at_mut(n);
+        let tag = chacha20poly1305::Tag::try_from(&*tag)
+            .map_err(|_| CryptoError::Decrypt { what: "chunk" })?;
+        ChaCha20Poly1305::new(&Key::from(key.0))
+            .decrypt_inout_detached(&Nonce::default(), &[], msg.into(), &tag)
+            .map_err(|_| CryptoError::Decrypt { what: "chunk" })?;
+        ciphertext.truncate(n);
+        if n != len as usize {
+            return Err(CryptoError::Length {
+                what: "chunk plaintext",
+                expected: len as usize,
+                got: n,
+            });
+        }
+        Ok(ciphertext)
+    }
+
     /// Checks `ciphertext` against `id`, decrypts it with `key`, and checks the length.
     pub fn open(
         id: &ChunkId,
@@ -187,6 +221,20 @@ mod tests {
         let key = ChunkKey([3; 32]);
         for n in [0usize, 1, 64, 1000] {
             assert_eq!(key.seal(&vec![0xaa; n]).len(), n + CHUNK_OVERHEAD);
+            // Opening in place gives the plaintext back; a flipped bit is refused.
+            let sealed = SealedChunk::seal(&[3; 32], &vec![0xaa; n]);
+            let pt = SealedChunk::open_owned(
+                &sealed.id,
+                &sealed.key,
+                sealed.len,
+                sealed.ciphertext.clone(),
+            );
+            assert_eq!(pt.unwrap(), vec![0xaa; n]);
+            let mut bad = sealed.ciphertext.clone();
+            bad[0] ^= 1;
+            assert!(
+                SealedChunk::open_owned(&ChunkId::of(&bad), &sealed.key, sealed.len, bad).is_err()
+            );
             // Sealing into a used buffer gives the same bytes.
             let mut buf = vec![7u8; 3 * n + 5];
             key.seal_into(&vec![0xaa; n], &mut buf);

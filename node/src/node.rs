@@ -1257,7 +1257,7 @@ fn open_arrived(st: &State, peer: PeerId, arrived: Vec<(ChunkFetch, Vec<u8>)>) {
     tokio::task::spawn_blocking(move || {
         for (f, ct) in arrived {
             let checked = match f.open {
-                Some((key, len)) => SealedChunk::open(&f.id, &key, len, &ct),
+                Some((key, len)) => SealedChunk::open_owned(&f.id, &key, len, ct),
                 None => f.id.check(&ct).map(|()| ct),
             };
             match checked {

@@ -172,13 +172,15 @@ impl Store {
         let Ok(f) = std::fs::File::open(&path) else {
             return Ok(None);
         };
-        let mut buf = vec![0u8; fl.len as usize];
+        // Read and sealed in one buffer (room for the tag), checked against the id.
+        let mut buf = Vec::with_capacity(fl.len as usize + weft_crypto::chunk::CHUNK_OVERHEAD);
+        buf.resize(fl.len as usize, 0);
         use std::os::unix::fs::FileExt;
         if f.read_exact_at(&mut buf, fl.offset).is_err() {
             return Ok(None);
         }
-        let ct = fl.key.seal(&buf);
-        Ok(id.check(&ct).is_ok().then_some(ct))
+        fl.key.seal_in_place(&mut buf);
+        Ok(id.check(&buf).is_ok().then_some(buf))
     }
 
     /// Whether this device can probably produce a chunk (cached, or listed in a
