@@ -16,6 +16,7 @@ use crate::Shared;
 use crate::control::ControlResponse;
 use crate::node::Cmd;
 use crate::protocol::{MAX_BATCH_BYTES, MAX_STORE_IDS, StoreRequest, StoreResponse};
+use crate::upload::unexpected;
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 use std::path::Path;
@@ -54,20 +55,11 @@ fn ask(
         reply: tx,
     })
     .map_err(|_| NodeError::Network("node is shutting down".into()))?;
-    match rx.blocking_recv() {
-        Ok(Ok(StoreResponse::Refused { reason })) => Err(NodeError::Refused(reason)),
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(NodeError::Network(e)),
-        Err(_) => Err(NodeError::Network("node is shutting down".into())),
-    }
+    crate::upload::relay_answer(rx.blocking_recv())
 }
 
 fn crypto(e: weft_crypto::CryptoError) -> NodeError {
     NodeError::Control(e.to_string())
-}
-
-fn unexpected(r: StoreResponse) -> NodeError {
-    NodeError::Network(format!("unexpected answer from the relay: {r:?}"))
 }
 
 /// A connected relay of this device.

@@ -62,7 +62,14 @@ async fn ask(
     })
     .await
     .map_err(|_| NodeError::Network("node is shutting down".into()))?;
-    match rx.await {
+    relay_answer(rx.await)
+}
+
+/// What became of a store request: the relay's answer, its refusal, or a failure.
+pub(crate) fn relay_answer(
+    r: Result<Result<StoreResponse, String>, oneshot::error::RecvError>,
+) -> Result<StoreResponse, NodeError> {
+    match r {
         Ok(Ok(StoreResponse::Refused { reason })) => Err(NodeError::Refused(reason)),
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(NodeError::Network(e)),
@@ -70,7 +77,8 @@ async fn ask(
     }
 }
 
-fn unexpected(r: StoreResponse) -> NodeError {
+/// An answer the request did not call for.
+pub(crate) fn unexpected(r: StoreResponse) -> NodeError {
     NodeError::Network(format!("unexpected answer from the relay: {r:?}"))
 }
 

@@ -597,6 +597,18 @@ fn on_store(
     });
 }
 
+/// Runs `f` for the registered person of `dev` (refused for an unknown device).
+fn of_person<T>(
+    store: &RelayStore,
+    dev: &DeviceId,
+    f: impl FnOnce(&weft_crypto::PersonId) -> Result<T, RelayError>,
+) -> Result<T, RelayError> {
+    match store.person_of(dev)? {
+        Some(p) => f(&p),
+        None => Err(RelayError::UnknownDevice(dev.to_string())),
+    }
+}
+
 /// Handles one `/weft/store/1` request; also returns the folder when new entries were
 /// stored in it.
 fn store_request(
@@ -758,12 +770,7 @@ fn store_request(
         }
         StoreRequest::Keys => {
             metrics.request("keys");
-            let r = registered()
-                .and_then(|()| store.person_of(&dev))
-                .and_then(|p| match p {
-                    Some(p) => store.keys_of(&p),
-                    None => Ok(Vec::new()),
-                });
+            let r = of_person(store, &dev, |p| store.keys_of(p));
             match r {
                 Ok(keys) => (
                     StoreResponse::Keys {
@@ -805,12 +812,7 @@ fn store_request(
         }
         StoreRequest::Shared => {
             metrics.request("shared");
-            let r = registered()
-                .and_then(|()| store.person_of(&dev))
-                .and_then(|p| match p {
-                    Some(p) => store.shared_with(&p),
-                    None => Ok(Vec::new()),
-                });
+            let r = of_person(store, &dev, |p| store.shared_with(p));
             match r {
                 Ok(folders) => (StoreResponse::Shared { folders }, None),
                 Err(e) => (refused(e), None),

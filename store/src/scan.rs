@@ -13,7 +13,9 @@
 //!    (FastCDC), a pool of workers keys, seals and names each chunk, and the calling
 //!    thread — the only one touching the database — appends new chunks to the cache and
 //!    writes entries, in batches of one redb transaction each. A new file whose content
-//!    equals a deleted file's is also recorded as a move.
+//!    equals a deleted file's is also recorded as a move. Chunk buffers are handed
+//!    back and reused rather than allocated per chunk: fresh memory costs a page fault
+//!    per 4 KiB, which was a fifth of a large-file scan.
 //!
 //! A file that changes while it is read (size, mtime or inode differ before and after,
 //! or the byte count is off) is read again, up to [`MAX_ATTEMPTS`] times, then skipped
