@@ -189,6 +189,9 @@ async fn pass(
     Ok(())
 }
 
+/// The most folders shared with this person that a device keeps track of.
+const MAX_SHARED_FOLDERS: usize = 1024;
+
 /// Brings membership chains level with the relay: fetches entries of folders shared
 /// with this person (offers, role changes, new keys) and sends the entries of folders
 /// this person owns that the relay lacks.
@@ -202,7 +205,8 @@ async fn sync_membership(
             StoreResponse::Shared { folders } => folders.into_iter().collect(),
             r => return Err(unexpected(r)),
         };
-    for (folder, n) in &there {
+    // Bounded: a relay cannot make a device take in more than this many shares.
+    for (folder, n) in there.iter().take(MAX_SHARED_FOLDERS) {
         loop {
             let have = {
                 let (s, f) = (shared.clone(), *folder);
