@@ -709,6 +709,7 @@ fn assemble(
         queue.push_back((next, request(next, &mut at, prefetch)?));
         next += 1;
     }
+    let mut writeback = Writeback::default();
     while let Some((i, src)) = queue.pop_front() {
         let c = &chunks[i];
         let pt = match src {
@@ -738,6 +739,7 @@ fn assemble(
         f.write_all(&pt).map_err(io_err(tmp))?;
         at.entry(c.id).or_insert(None).get_or_insert(offset);
         offset += pt.len() as u64;
+        writeback.wrote(&f, pt.len());
         if next < chunks.len() {
             queue.push_back((next, request(next, &mut at, prefetch)?));
             next += 1;
@@ -760,8 +762,64 @@ fn assemble(
         SystemTime::UNIX_EPOCH
     };
     f.set_modified(mtime).map_err(io_err(tmp))?;
+    drop(writeback);
     f.sync_all().map_err(io_err(tmp))?;
     Ok(())
+}
+
+/// Starts writing a large file's data to disk while it is still being received: a
+/// helper thread flushes what was written every [`WRITEBACK_EVERY`] bytes, so the
+/// final fsync (which must wait for all of it) finds little left, and the disk works
+/// while the network does. Without it, the kernel starts writeback only when dirty
+/// pages reach a share of RAM, and a 1 GiB file's fsync stalls the transfer.
+#[derive(Default)]
+struct Writeback {
+    since: usize,
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How much is written between two background flushes.
+const WRITEBACK_EVERY: usize = 64 << 20;
+
+impl Writeback {
+    /// `n` more bytes were written to `file`.
+    fn wrote(&mut self, file: &std::fs::File, n: usize) {
+        self.since += n;
+        if self.since < WRITEBACK_EVERY {
+            return;
+        }
+        self.since = 0;
+        // The helper starts with the first flush: small files never need one.
+        if self.thread.is_none()
+            && let Ok(clone) = file.try_clone()
+        {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            self.thread = std::thread::Builder::new()
+                .name("weft-writeback".into())
+                .spawn(move || {
+                    for () in rx.iter() {
+                        // A failure shows again in the final fsync, which is checked.
+                        let _ = clone.sync_data();
+                    }
+                })
+                .ok();
+            self.kick = self.thread.is_some().then_some(tx);
+        }
+        if let Some(k) = &self.kick {
+            // Busy flushing already: the next kick will do.
+            let _ = k.try_send(());
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        self.kick = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Asks the swarm task for one chunk, opened with its key on arrival: the answer is
