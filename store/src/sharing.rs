@@ -349,8 +349,12 @@ impl Store {
         for raw in entries {
             let e = MembershipEntry::decode(raw)?;
             if e.body.seq <= state.seq {
-                let held = chain.get((e.body.seq - 1) as usize);
-                if e.body.seq == 0 || held != Some(raw) {
+                let held = e
+                    .body
+                    .seq
+                    .checked_sub(1)
+                    .and_then(|i| chain.get(usize::try_from(i).ok()?));
+                if held != Some(raw) {
                     return Err(StoreError::Membership(format!(
                         "membership entry #{} of {folder} differs from the one held: a fork",
                         e.body.seq
@@ -524,5 +528,82 @@ impl Store {
             .map_or(0, |(_, t)| t);
         let allowed = self.writable_tips(folder)?.get(&me).copied().unwrap_or(0);
         Ok((role, tip.saturating_sub(allowed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Home;
+
+    fn device(dir: &std::path::Path, name: &str) -> Store {
+        let home = Home::new(dir.join(format!("{name}-home")));
+        home.init(name, 0).unwrap();
+        Store::open(&home).unwrap()
+    }
+
+    #[test]
+    fn an_offer_arrives_is_accepted_and_forged_or_replayed_entries_change_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let alice = device(tmp.path(), "alice");
+        let bob = device(tmp.path(), "bob");
+        let root = tmp.path().join("photos");
+        std::fs::create_dir(&root).unwrap();
+        let folder = alice.add_folder(&root, Some("photos")).unwrap();
+        let bob_id = bob.identity().person_id();
+        let e1 = alice.share(&folder, bob_id, Role::Viewer).unwrap();
+
+        // Garbage, a sequence number 0, and a swapped member key are refused, and
+        // leave no offer behind.
+        let mut swapped = MembershipEntry::decode(&e1).unwrap();
+        swapped.body.members[0].person = PersonId(weft_crypto::SecretKey::generate().public());
+        let mut zero = MembershipEntry::decode(&e1).unwrap();
+        zero.body.seq = 0;
+        for bad in [
+            vec![1u8, 2, 3],
+            zero.encode().unwrap(),
+            swapped.encode().unwrap(),
+        ] {
+            assert!(bob.accept_membership(&folder.id, &[bad]).is_err());
+        }
+        assert!(bob.offers().unwrap().is_empty());
+        assert!(bob.membership_chain(&folder.id).unwrap().is_empty());
+
+        // The real entry: an offer with the folder's name and the role.
+        let change = bob
+            .accept_membership(&folder.id, std::slice::from_ref(&e1))
+            .unwrap();
+        assert!(change.offered);
+        let offers = bob.offers().unwrap();
+        assert_eq!(offers.len(), 1);
+        assert_eq!(offers[0].name, "photos");
+        assert_eq!(offers[0].role, Role::Viewer);
+        // Again: a duplicate, nothing new; the zero entry still refused.
+        let again = bob
+            .accept_membership(&folder.id, std::slice::from_ref(&e1))
+            .unwrap();
+        assert_eq!(again.accepted, 0);
+        assert!(
+            bob.accept_membership(&folder.id, &[zero.encode().unwrap()])
+                .is_err()
+        );
+
+        // Accepted: the folder syncs with the owner's secret; declining is gone.
+        let rec = bob
+            .accept_offer(&folder.id, &tmp.path().join("bob-photos"))
+            .unwrap();
+        assert_eq!(rec.secret.bytes, folder.secret.bytes);
+        assert_eq!(rec.owner, alice.identity().person_id());
+        assert!(bob.offers().unwrap().is_empty());
+        assert_eq!(bob.my_role(&rec).unwrap(), Some(Role::Viewer));
+
+        // Removed: Bob learns it and gets no new secret.
+        let e2 = alice.unshare(&folder, bob_id).unwrap();
+        let change = bob.accept_membership(&folder.id, &[e2]).unwrap();
+        assert!(change.removed);
+        let rec = bob.folder(&folder.id).unwrap();
+        assert_eq!(rec.secret.epoch, 0);
+        assert!(bob.epoch_keys(&rec).unwrap().get(1).is_none());
+        assert_eq!(alice.folder(&folder.id).unwrap().secret.epoch, 1);
     }
 }
