@@ -929,6 +929,7 @@ fn run(cli: Cli) -> Result<i32> {
                 bytes_received,
                 bytes_sent,
                 relays,
+                offers,
             } = control(&home, ControlRequest::Status)?
             else {
                 bail!("unexpected answer from the node");
@@ -937,7 +938,7 @@ fn run(cli: Cli) -> Result<i32> {
                 print_json(&serde_json::json!({
                     "device": device, "listen": listen, "peers": peers, "folders": folders,
                     "bytes_received": bytes_received, "bytes_sent": bytes_sent,
-                    "relays": relays,
+                    "relays": relays, "offers": offers,
                 }))?;
             } else {
                 println!("device {device}");
@@ -990,6 +991,9 @@ fn run(cli: Cli) -> Result<i32> {
                         line += &format!(" (last round: {e})");
                     }
                     println!("{line}");
+                }
+                for o in &offers {
+                    println!("shared with you, not synced here: {o} (`weft accept {o}`)");
                 }
             }
         }

@@ -105,6 +105,9 @@ pub enum ControlResponse {
         /// The relays this device backs up to.
         #[serde(default)]
         relays: Vec<crate::upload::RelayStatus>,
+        /// Names of folders shared with this person that wait for `weft accept` here.
+        #[serde(default)]
+        offers: Vec<String>,
     },
     /// A relay was added or removed.
     Relay {

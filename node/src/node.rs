@@ -1753,6 +1753,13 @@ fn control(st: &mut State, req: ControlRequest) -> ControlResponse {
                 folders,
                 bytes_received: st.shared.received(),
                 bytes_sent: st.shared.sent(),
+                offers: store(st)
+                    .offers()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|o| !o.declined)
+                    .map(|o| o.name)
+                    .collect(),
             }
         }
     }

@@ -157,6 +157,11 @@ async fn share_edit_downgrade_and_unshare_between_two_persons() {
                 .any(|o| o.name == "shared" && o.owner == alice)
         })
         .await;
+        // `weft status` says so too.
+        match d.status() {
+            ControlResponse::Status { offers, .. } => assert_eq!(offers, vec!["shared"]),
+            other => panic!("unexpected {other:?}"),
+        }
     }
     b1.root = base.join("b1-shared");
     b2.root = base.join("b2-shared");
