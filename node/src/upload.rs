@@ -259,10 +259,19 @@ async fn sync_membership(
         .iter()
         .filter(|f| f.owner != me && !there.contains_key(&f.id))
     {
-        let since = {
-            let (s, id) = (shared.clone(), f.id);
-            blocking(move || Ok(s.store.membership_chain(&id)?.len() as u64)).await?
+        // Once known to be removed, there is nothing more to learn.
+        let (since, member) = {
+            let (s, rec) = (shared.clone(), f.clone());
+            blocking(move || {
+                let m = s.store.membership(&rec)?;
+                let member = m.role(&s.store.identity().person_id()).is_some();
+                Ok((m.seq, member))
+            })
+            .await?
         };
+        if !member {
+            continue;
+        }
         let entries = match ask(
             cmds,
             relay,

@@ -826,7 +826,7 @@ impl RelayStore {
             let membership = match chain_in(&txn.open_table(MEMBERSHIP)?, folder)? {
                 chain if chain.is_empty() => None,
                 chain => Some(
-                    Membership::from_chain(*folder, rec.owner, &chain)
+                    Membership::from_stored_chain(*folder, rec.owner, &chain)
                         .map_err(|e| corrupt(&format!("stored membership chain: {e}")))?,
                 ),
             };
@@ -1456,7 +1456,7 @@ impl RelayStore {
             ));
         }
         let chain = chain_in(&txn.open_table(MEMBERSHIP)?, folder)?;
-        let mut state = Membership::from_chain(*folder, rec.owner, &chain)
+        let mut state = Membership::from_stored_chain(*folder, rec.owner, &chain)
             .map_err(|e| corrupt(&format!("stored membership chain: {e}")))?;
         let before = state.clone();
         let mut new = Vec::new();

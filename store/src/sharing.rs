@@ -113,9 +113,10 @@ impl Store {
         chain_in(&r.open_table(db::MEMBERSHIP)?, folder)
     }
 
-    /// The membership of a folder this device syncs.
+    /// The membership of a folder this device syncs (its stored chain, each entry of
+    /// which was verified when it was taken in).
     pub fn membership(&self, folder: &FolderRecord) -> Result<Membership> {
-        Membership::from_chain(folder.id, folder.owner, &self.membership_chain(&folder.id)?)
+        Membership::from_stored_chain(folder.id, folder.owner, &self.membership_chain(&folder.id)?)
     }
 
     /// This person's role in `folder`.
@@ -343,7 +344,7 @@ impl Store {
             (None, Some(first)) => MembershipEntry::decode(first)?.body.owner,
             (None, None) => return Ok(out),
         };
-        let mut state = Membership::from_chain(*folder, owner, &chain)?;
+        let mut state = Membership::from_stored_chain(*folder, owner, &chain)?;
         let mut new = Vec::new();
         let mut last = None;
         for raw in entries {

@@ -67,7 +67,11 @@ impl Store {
 
         for folder in self.folders()? {
             let keys = self.epoch_keys(&folder)?;
-            let membership = match self.membership(&folder) {
+            // The chain in full, signatures included.
+            let membership = match self
+                .membership_chain(&folder.id)
+                .and_then(|c| crate::members::Membership::from_chain(folder.id, folder.owner, &c))
+            {
                 Ok(m) => m,
                 Err(err) => {
                     problem("members", format!("{}: {err}", folder.name));
