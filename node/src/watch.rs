@@ -39,7 +39,11 @@ fn watch_one(w: &mut notify::RecommendedWatcher, root: &std::path::Path, kick: &
             root.display()
         );
         kick.kick();
+        return;
     }
+    // weft's own `.weft/` is ignored anyway; unwatched, a file being received there
+    // does not raise an event for every chunk written.
+    let _ = w.unwatch(&root.join(TEMP_DIR));
 }
 
 /// Watches every folder root.

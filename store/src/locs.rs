@@ -4,15 +4,21 @@
 //! the indexed bytes, at least 64 MiB; `[cache] max_bytes` overrides it). Current
 //! versions do not need it: every chunk of an indexed file is listed in
 //! `chunk-locs-1` with the file, offset and key, and [`Store::chunk`] reads it from
-//! there, re-seals it and checks it against its id — a file changed since its scan
-//! simply yields nothing. So peers are served, and local files deduplicated, without
-//! copying every byte of a folder into the cache.
-use crate::db::{self, CacheLoc, FolderRecord};
+//! there and re-seals it — trusted while the file matches its index row, as a scan
+//! trusts it, else checked against its id, so a file changed since its scan simply
+//! yields nothing. So peers are served, and local files deduplicated, without copying
+//! every byte of a folder into the cache.
+use crate::db::{self, CacheLoc, FolderRecord, IndexRow};
 use crate::error::Result;
 use crate::model::{Manifest, RelPath};
+use crate::scan::Stat;
 use crate::store::Store;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use weft_crypto::{ChunkId, ChunkKey, FolderId};
 
 /// Where a chunk of a current file lies.
@@ -140,23 +146,35 @@ impl Store {
         Ok(self.cache.packs()?.iter().map(|(_, l)| l).sum())
     }
 
-    /// A chunk's ciphertext: from the cache, or read from a current file and re-sealed;
-    /// always checked against its id. `None` if this device cannot produce it.
+    /// A chunk's ciphertext: from the cache (checked against its id), or read from a
+    /// current file and re-sealed. A file that still matches its index row (size,
+    /// mtime, inode: what a scan trusts to skip it) yields the chunk the scan recorded
+    /// without hashing it again; one that does not is checked against the id. The
+    /// requester checks every chunk against its id anyway. `None` if this device
+    /// cannot produce it.
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let (cached, file): (Option<CacheLoc>, Option<FileLoc>) = {
+        let (cached, file, row) = {
             let r = self.db.begin_read()?;
             let k = db::chunk_key(id);
             let c = r.open_table(db::CHUNKS)?;
-            let cached = c
+            let cached: Option<CacheLoc> = c
                 .get(k.as_slice())?
                 .map(|v| db::dec("cache location", v.value()))
                 .transpose()?;
             let l = r.open_table(db::CHUNK_LOCS)?;
-            let file = l
+            let file: Option<FileLoc> = l
                 .get(k.as_slice())?
                 .map(|v| db::dec("chunk location", v.value()))
                 .transpose()?;
-            (cached, file)
+            let row: Option<IndexRow> = match (&cached, &file) {
+                (None, Some(fl)) => r
+                    .open_table(db::INDEX)?
+                    .get(db::key_path(&fl.folder, &fl.path).as_slice())?
+                    .map(|v| db::dec("index row", v.value()))
+                    .transpose()?,
+                _ => None,
+            };
+            (cached, file, row)
         };
         if let Some(loc) = cached
             && let Ok(ct) = self.cache.read(&loc)
@@ -169,18 +187,24 @@ impl Store {
             return Ok(None);
         };
         let path = fl.path.to_path(&folder.root_path());
+        // A file kept open from an earlier chunk may be an older version of the path
+        // (replaced since): it no longer matches the index row, so what it yields is
+        // checked against the id, and on a mismatch the path is opened afresh.
+        if let Some(f) = self.open_files.get(&path) {
+            if let Some(ct) = seal_from(&f, &fl, id, row.as_ref()) {
+                return Ok(Some(ct));
+            }
+            self.open_files.forget(&path);
+        }
         let Ok(f) = std::fs::File::open(&path) else {
             return Ok(None);
         };
-        // Read and sealed in one buffer (room for the tag), checked against the id.
-        let mut buf = Vec::with_capacity(fl.len as usize + weft_crypto::chunk::CHUNK_OVERHEAD);
-        buf.resize(fl.len as usize, 0);
-        use std::os::unix::fs::FileExt;
-        if f.read_exact_at(&mut buf, fl.offset).is_err() {
-            return Ok(None);
+        let f = Arc::new(f);
+        let ct = seal_from(&f, &fl, id, row.as_ref());
+        if ct.is_some() {
+            self.open_files.put(path, f);
         }
-        fl.key.seal_in_place(&mut buf);
-        Ok(id.check(&buf).is_ok().then_some(buf))
+        Ok(ct)
     }
 
     /// Whether this device can probably produce a chunk (cached, or listed in a
@@ -246,6 +270,57 @@ impl Store {
             }
         }
         Ok((dropped, evict))
+    }
+}
+
+/// Reads a chunk from a file and seals it in one buffer (room for the tag). Trusted
+/// if the file, after the read, still matches `row`; else `None` unless it matches
+/// `id`.
+fn seal_from(f: &File, fl: &FileLoc, id: &ChunkId, row: Option<&IndexRow>) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = Vec::with_capacity(fl.len as usize + weft_crypto::chunk::CHUNK_OVERHEAD);
+    buf.resize(fl.len as usize, 0);
+    f.read_exact_at(&mut buf, fl.offset).ok()?;
+    let unchanged = row.is_some_and(|row| f.metadata().is_ok_and(|m| Stat::of(&m).matches(row)));
+    fl.key.seal_in_place(&mut buf);
+    (unchanged || id.check(&buf).is_ok()).then_some(buf)
+}
+
+/// How many files [`OpenFiles`] keeps open, and for how long after their last use.
+const OPEN_FILES: usize = 8;
+const OPEN_FOR: Duration = Duration::from_secs(5);
+
+/// Files recently read to serve chunks, kept open for a few seconds: a peer fetches
+/// a file chunk by chunk, and opening it for each one (a path walk, and an inotify
+/// event for this folder's own watcher) cost more than the read. Bounded: at most
+/// [`OPEN_FILES`], each closed once unused for [`OPEN_FOR`] (checked on every use).
+#[derive(Default)]
+pub(crate) struct OpenFiles(Mutex<Vec<(PathBuf, Arc<File>, Instant)>>);
+
+impl OpenFiles {
+    fn get(&self, path: &Path) -> Option<Arc<File>> {
+        let mut v = self.0.lock().ok()?;
+        v.retain(|(_, _, at)| at.elapsed() < OPEN_FOR);
+        let e = v.iter_mut().find(|(p, _, _)| p == path)?;
+        e.2 = Instant::now();
+        Some(e.1.clone())
+    }
+
+    fn put(&self, path: PathBuf, f: Arc<File>) {
+        let Ok(mut v) = self.0.lock() else { return };
+        v.retain(|(p, _, _)| *p != path);
+        if v.len() >= OPEN_FILES
+            && let Some(oldest) = (0..v.len()).min_by_key(|&i| v[i].2)
+        {
+            v.swap_remove(oldest);
+        }
+        v.push((path, f, Instant::now()));
+    }
+
+    fn forget(&self, path: &Path) {
+        if let Ok(mut v) = self.0.lock() {
+            v.retain(|(p, _, _)| p != path);
+        }
     }
 }
 

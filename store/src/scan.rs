@@ -126,8 +126,9 @@ pub trait Progress: Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
+/// What a scan compares a file by (without reading it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
+pub(crate) struct Stat {
     size: u64,
     mtime_ns: i64,
     inode: u64,
@@ -136,7 +137,7 @@ struct Stat {
 }
 
 impl Stat {
-    fn of(m: &std::fs::Metadata) -> Stat {
+    pub(crate) fn of(m: &std::fs::Metadata) -> Stat {
         Stat {
             size: m.len(),
             mtime_ns: m
@@ -149,7 +150,7 @@ impl Stat {
         }
     }
 
-    fn matches(&self, row: &IndexRow) -> bool {
+    pub(crate) fn matches(&self, row: &IndexRow) -> bool {
         row.kind == IndexKind::File
             && row.size == self.size
             && row.mtime_ns == self.mtime_ns

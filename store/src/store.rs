@@ -26,6 +26,7 @@ pub struct Store {
     pub(crate) cache: ChunkCache,
     pub(crate) id: Identity,
     pub(crate) config: Config,
+    pub(crate) open_files: crate::locs::OpenFiles,
 }
 
 /// A folder with its counts, for listings.
@@ -58,6 +59,7 @@ impl Store {
             cache,
             id,
             config,
+            open_files: Default::default(),
         };
         store.remember_device(&store.id.cert.clone())?;
         Ok(store)
