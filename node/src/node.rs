@@ -1310,21 +1310,22 @@ fn serve_chunks(
     let shared = st.shared.clone();
     let done = st.done_tx.clone();
     tokio::task::spawn_blocking(move || {
-        let mut answers = Vec::with_capacity(ids.len());
-        let mut bytes = 0usize;
-        for id in ids {
-            if bytes >= MAX_BATCH_BYTES {
-                break;
+        let answers = match shared.store.chunks(&ids, MAX_BATCH_BYTES) {
+            Ok(found) => found
+                .into_iter()
+                .map(|c| match c {
+                    Some(ct) => {
+                        shared.add_sent(ct.len() as u64);
+                        ChunkAnswer::Data(ct)
+                    }
+                    None => ChunkAnswer::Missing,
+                })
+                .collect(),
+            Err(e) => {
+                warn!("cannot read chunks to serve: {e}");
+                ids.iter().map(|_| ChunkAnswer::Missing).collect()
             }
-            match shared.store.chunk(&id) {
-                Ok(Some(ct)) => {
-                    bytes += ct.len();
-                    shared.add_sent(ct.len() as u64);
-                    answers.push(ChunkAnswer::Data(ct));
-                }
-                _ => answers.push(ChunkAnswer::Missing),
-            }
-        }
+        };
         let _ = done.send(Done::Served {
             channel,
             resp: ChunkResponse::Chunks(answers),

@@ -495,15 +495,20 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
     msg: &T,
     max: usize,
 ) -> io::Result<()> {
-    let buf =
-        postcard::to_stdvec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if buf.len() > max {
+    let bad = |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+    // Sized first (cheap: nothing is copied), so the frame is built in one buffer of
+    // the right size, and an oversized message is refused before anything is built.
+    let len = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
+        .map_err(bad)?;
+    if len > max || u32::try_from(len).is_err() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("message of {} bytes is over the limit of {max}", buf.len()),
+            format!("message of {len} bytes is over the limit of {max}"),
         ));
     }
-    io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    let buf = postcard::to_io(msg, buf).map_err(bad)?;
     io.write_all(&buf).await?;
     io.close().await
 }

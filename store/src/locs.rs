@@ -153,58 +153,101 @@ impl Store {
     /// requester checks every chunk against its id anyway. `None` if this device
     /// cannot produce it.
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let (cached, file, row) = {
-            let r = self.db.begin_read()?;
+        Ok(self
+            .chunks(std::slice::from_ref(id), usize::MAX)?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Store::chunk`] for several chunks, in order, looked up in one read
+    /// transaction; stops once `max_bytes` of ciphertext were produced (the answer is
+    /// then shorter than `ids`).
+    pub fn chunks(&self, ids: &[ChunkId], max_bytes: usize) -> Result<Vec<Option<Vec<u8>>>> {
+        let r = self.db.begin_read()?;
+        let cache_t = r.open_table(db::CHUNKS)?;
+        let locs_t = r.open_table(db::CHUNK_LOCS)?;
+        let index_t = r.open_table(db::INDEX)?;
+        let folders_t = r.open_table(db::FOLDERS)?;
+        let mut roots: std::collections::HashMap<FolderId, Option<PathBuf>> =
+            std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut bytes = 0usize;
+        for id in ids {
+            if bytes >= max_bytes {
+                break;
+            }
             let k = db::chunk_key(id);
-            let c = r.open_table(db::CHUNKS)?;
-            let cached: Option<CacheLoc> = c
+            let cached: Option<CacheLoc> = cache_t
                 .get(k.as_slice())?
                 .map(|v| db::dec("cache location", v.value()))
                 .transpose()?;
-            let l = r.open_table(db::CHUNK_LOCS)?;
-            let file: Option<FileLoc> = l
+            if let Some(loc) = cached
+                && let Ok(ct) = self.cache.read(&loc)
+                && id.check(&ct).is_ok()
+            {
+                bytes += ct.len();
+                out.push(Some(ct));
+                continue;
+            }
+            let file: Option<FileLoc> = locs_t
                 .get(k.as_slice())?
                 .map(|v| db::dec("chunk location", v.value()))
                 .transpose()?;
-            let row: Option<IndexRow> = match (&cached, &file) {
-                (None, Some(fl)) => r
-                    .open_table(db::INDEX)?
-                    .get(db::key_path(&fl.folder, &fl.path).as_slice())?
-                    .map(|v| db::dec("index row", v.value()))
-                    .transpose()?,
-                _ => None,
+            let Some(fl) = file else {
+                out.push(None);
+                continue;
             };
-            (cached, file, row)
-        };
-        if let Some(loc) = cached
-            && let Ok(ct) = self.cache.read(&loc)
-            && id.check(&ct).is_ok()
-        {
-            return Ok(Some(ct));
-        }
-        let Some(fl) = file else { return Ok(None) };
-        let Ok(folder) = self.folder(&fl.folder) else {
-            return Ok(None);
-        };
-        let path = fl.path.to_path(&folder.root_path());
-        // A file kept open from an earlier chunk may be an older version of the path
-        // (replaced since): it no longer matches the index row, so what it yields is
-        // checked against the id, and on a mismatch the path is opened afresh.
-        if let Some(f) = self.open_files.get(&path) {
-            if let Some(ct) = seal_from(&f, &fl, id, row.as_ref()) {
-                return Ok(Some(ct));
+            let root = match roots.get(&fl.folder) {
+                Some(r) => r.clone(),
+                None => {
+                    let rec: Option<FolderRecord> = folders_t
+                        .get(fl.folder.0.as_slice())?
+                        .map(|v| db::dec("folder", v.value()))
+                        .transpose()?;
+                    let root = rec.map(|f| f.root_path());
+                    roots.insert(fl.folder, root.clone());
+                    root
+                }
+            };
+            let Some(root) = root else {
+                out.push(None);
+                continue;
+            };
+            let row: Option<IndexRow> = index_t
+                .get(db::key_path(&fl.folder, &fl.path).as_slice())?
+                .map(|v| db::dec("index row", v.value()))
+                .transpose()?;
+            let ct = self.seal_from_file(&fl.path.to_path(&root), &fl, id, row.as_ref());
+            if let Some(ct) = &ct {
+                bytes += ct.len();
             }
-            self.open_files.forget(&path);
+            out.push(ct);
         }
-        let Ok(f) = std::fs::File::open(&path) else {
-            return Ok(None);
-        };
-        let f = Arc::new(f);
-        let ct = seal_from(&f, &fl, id, row.as_ref());
-        if ct.is_some() {
-            self.open_files.put(path, f);
+        Ok(out)
+    }
+
+    /// A chunk read from `path` and sealed (see [`seal_from`]), through a file kept
+    /// open from an earlier chunk if there is one.
+    fn seal_from_file(
+        &self,
+        path: &Path,
+        fl: &FileLoc,
+        id: &ChunkId,
+        row: Option<&IndexRow>,
+    ) -> Option<Vec<u8>> {
+        // A file kept open may be an older version of the path (replaced since): it no
+        // longer matches the index row, so what it yields is checked against the id,
+        // and on a mismatch the path is opened afresh.
+        if let Some(f) = self.open_files.get(path) {
+            if let Some(ct) = seal_from(&f, fl, id, row) {
+                return Some(ct);
+            }
+            self.open_files.forget(path);
         }
-        Ok(ct)
+        let f = Arc::new(File::open(path).ok()?);
+        let ct = seal_from(&f, fl, id, row)?;
+        self.open_files.put(path.to_path_buf(), f);
+        Some(ct)
     }
 
     /// Whether this device can probably produce a chunk (cached, or listed in a
