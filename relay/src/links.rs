@@ -5,7 +5,9 @@
 //! token (a password, when the link has one) without holding any key: it keeps the
 //! sealed record as uploaded, the hash of the access token, and the clear list of
 //! chunk ids the link may read, so a link serves only its own chunks and only while
-//! it is valid. Only the person who created a link may revoke it. Everything is
+//! it is valid. Only the person who created a link may revoke it, and a link dies
+//! with its creator's membership of the folder (a removed member's links stop
+//! working, as on Dropbox). Everything is
 //! bounded: records ([`MAX_RECORD_LEN`]), chunks per link ([`MAX_LINK_CHUNKS`]),
 //! links per person ([`MAX_LINKS_PER_PERSON`]).
 //!
@@ -287,11 +289,23 @@ impl RelayStore {
         Ok(LinkRow::decode(row.value())?)
     }
 
+    /// A link lives only as long as its creator's person is a member of its folder: a
+    /// person removed from a shared folder no longer hands out its files (as if each
+    /// of their links had been revoked).
+    fn check_creator(&self, row: &LinkRow) -> Result<(), LinkError> {
+        let r = self.db.begin_read()?;
+        match role_in(&r.open_table(MEMBERS)?, &row.folder, &row.owner)? {
+            Some(_) => Ok(()),
+            None => Err(LinkError::Revoked),
+        }
+    }
+
     /// Whether a link can be opened now (for the page): unknown, expired, revoked
     /// and used-up links are errors.
     pub fn link_status(&self, token: &[u8; 16]) -> Result<LinkInfo, LinkError> {
         let row = self.link_row(token)?;
         row.check_live(now_ms())?;
+        self.check_creator(&row)?;
         if row.max_downloads.is_some_and(|max| row.downloads >= max) {
             return Err(LinkError::LimitReached);
         }
@@ -313,6 +327,9 @@ impl RelayStore {
                 None => return Err(LinkError::Unknown),
             };
             row.check_live(now_ms())?;
+            if role_in(&txn.open_table(MEMBERS)?, &row.folder, &row.owner)?.is_none() {
+                return Err(LinkError::Revoked);
+            }
             if row.max_downloads.is_some_and(|max| row.downloads >= max) {
                 return Err(LinkError::LimitReached);
             }
@@ -335,6 +352,7 @@ impl RelayStore {
     ) -> Result<Vec<u8>, LinkError> {
         let row = self.link_row(token)?;
         row.check_live(now_ms())?;
+        self.check_creator(&row)?;
         row.check_access(access)?;
         let len = {
             let r = self.db.begin_read()?;

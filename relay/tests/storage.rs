@@ -1309,10 +1309,55 @@ fn membership_decides_who_writes_and_only_the_owner_changes_it() {
     assert!(matches!(e, RelayError::NotAllowed { .. }), "{e:?}");
     assert!(relay.may_read(&b.id(), &fid).unwrap());
 
+    // A link Bob makes to a chunk of the folder while he is a member works ...
+    let chunk = a.seal(b"a shared file");
+    relay
+        .put_chunks(&a.id(), &fid, &[(chunk.id, chunk.ciphertext.clone())])
+        .unwrap();
+    let secrets = weft_crypto::link::LinkSecrets::derive(
+        &weft_crypto::link::LinkKey::generate(),
+        &weft_crypto::link::LinkToken([0; 16]),
+        None,
+    )
+    .unwrap();
+    let token = weft_crypto::link::LinkToken::generate().0;
+    relay
+        .create_link(
+            &b.id(),
+            weft_relay::links::NewLink {
+                token,
+                folder: fid,
+                record: vec![1],
+                chunks: vec![chunk.id],
+                access_hash: secrets.access_hash(),
+                expires_ms: None,
+                max_downloads: None,
+            },
+        )
+        .unwrap();
+    assert!(relay.link_status(&token).is_ok());
+    assert_eq!(
+        relay
+            .link_chunk(&token, Some(&secrets.access), &chunk.id)
+            .unwrap(),
+        chunk.ciphertext
+    );
+
     // Removed: Bob neither reads nor is told of the folder any more.
     let m3 = a.store.unshare(&a.folder, b.person()).unwrap();
     relay.put_membership(&a.id(), &fid, &[m3]).unwrap();
     assert!(!relay.may_read(&b.id(), &fid).unwrap());
+    // ... and his links stop working, as if revoked.
+    use weft_relay::links::LinkError;
+    assert!(matches!(relay.link_status(&token), Err(LinkError::Revoked)));
+    assert!(matches!(
+        relay.link_record(&token, Some(&secrets.access)),
+        Err(LinkError::Revoked)
+    ));
+    assert!(matches!(
+        relay.link_chunk(&token, Some(&secrets.access), &chunk.id),
+        Err(LinkError::Revoked)
+    ));
     assert!(relay.shared_with(&b.person()).unwrap().is_empty());
     // ... but may read the chain, to learn that they were removed.
     assert_eq!(relay.membership_since(&b.id(), &fid, 0).unwrap().len(), 3);
