@@ -151,6 +151,19 @@ impl LinkRow {
         Ok(())
     }
 
+    /// A link lives only as long as its creator's person is a member of its folder: a
+    /// person removed from a shared folder no longer hands out its files (as if each
+    /// of their links had been revoked).
+    fn check_creator<T: ReadableTable<&'static [u8], &'static [u8]>>(
+        &self,
+        members: &T,
+    ) -> Result<(), LinkError> {
+        match role_in(members, &self.folder, &self.owner)? {
+            Some(_) => Ok(()),
+            None => Err(LinkError::Revoked),
+        }
+    }
+
     fn check_access(&self, access: Option<&[u8; 32]>) -> Result<(), LinkError> {
         match access {
             Some(a) if constant_eq(&access_hash(a), &self.access_hash) => Ok(()),
@@ -282,30 +295,22 @@ impl RelayStore {
         Ok(())
     }
 
-    fn link_row(&self, token: &[u8; 16]) -> Result<LinkRow, LinkError> {
+    /// A link that can be used now: known, not revoked or expired, and its creator
+    /// still a member of its folder (see [`LinkRow::check_creator`]).
+    fn live_row(&self, token: &[u8; 16]) -> Result<LinkRow, LinkError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(LINKS)?;
         let row = t.get(token.as_slice())?.ok_or(LinkError::Unknown)?;
-        Ok(LinkRow::decode(row.value())?)
-    }
-
-    /// A link lives only as long as its creator's person is a member of its folder: a
-    /// person removed from a shared folder no longer hands out its files (as if each
-    /// of their links had been revoked).
-    fn check_creator(&self, row: &LinkRow) -> Result<(), LinkError> {
-        let r = self.db.begin_read()?;
-        match role_in(&r.open_table(MEMBERS)?, &row.folder, &row.owner)? {
-            Some(_) => Ok(()),
-            None => Err(LinkError::Revoked),
-        }
+        let row = LinkRow::decode(row.value())?;
+        row.check_live(now_ms())?;
+        row.check_creator(&r.open_table(MEMBERS)?)?;
+        Ok(row)
     }
 
     /// Whether a link can be opened now (for the page): unknown, expired, revoked
     /// and used-up links are errors.
     pub fn link_status(&self, token: &[u8; 16]) -> Result<LinkInfo, LinkError> {
-        let row = self.link_row(token)?;
-        row.check_live(now_ms())?;
-        self.check_creator(&row)?;
+        let row = self.live_row(token)?;
         if row.max_downloads.is_some_and(|max| row.downloads >= max) {
             return Err(LinkError::LimitReached);
         }
@@ -327,9 +332,7 @@ impl RelayStore {
                 None => return Err(LinkError::Unknown),
             };
             row.check_live(now_ms())?;
-            if role_in(&txn.open_table(MEMBERS)?, &row.folder, &row.owner)?.is_none() {
-                return Err(LinkError::Revoked);
-            }
+            row.check_creator(&txn.open_table(MEMBERS)?)?;
             if row.max_downloads.is_some_and(|max| row.downloads >= max) {
                 return Err(LinkError::LimitReached);
             }
@@ -350,9 +353,7 @@ impl RelayStore {
         access: Option<&[u8; 32]>,
         id: &ChunkId,
     ) -> Result<Vec<u8>, LinkError> {
-        let row = self.link_row(token)?;
-        row.check_live(now_ms())?;
-        self.check_creator(&row)?;
+        let row = self.live_row(token)?;
         row.check_access(access)?;
         let len = {
             let r = self.db.begin_read()?;
