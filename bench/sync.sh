@@ -15,6 +15,7 @@
 #   --port-base P        fixed ports P+1..P+21 on 127.0.0.1 (default 29100: below the
 #                        ephemeral range, so no outgoing connection takes them; checked free)
 #   --no-build           use target/release/weft as it is
+#   --sets LIST          comma-separated subset of W1,W2 for the sync-time figure (default: both)
 #
 # Figures, for each tool on the same seeded data (details: bench/README.md, "Sync benchmark"):
 #   1. end-to-end sync time of W1 and W2: both sides up and connected, the data set renamed
@@ -40,6 +41,7 @@ TIMEOUT=600
 LAT_N=10
 PORT_BASE=29100
 DO_BUILD=1
+SETS="W1,W2"
 SEED=1
 while (($#)); do
   case "$1" in
@@ -52,7 +54,8 @@ while (($#)); do
     --latency-samples) LAT_N="$2"; shift 2 ;;
     --port-base) PORT_BASE="$2"; shift 2 ;;
     --no-build) DO_BUILD=0; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    --sets) SETS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "sync.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -188,7 +191,7 @@ EOF
 log "$NETWORK; tools $TOOLS; figures $ONLY; $RUNS run(s); results in $RUN_DIR"
 python3 "$HERE/sync_measure.py" --work "$WORK" --out "$RUN_DIR" --weft "$WORK/bin/weft" \
   --tools "$TOOLS" --only "$ONLY" --runs "$RUNS" --pause "$PAUSE" --timeout "$TIMEOUT" \
-  --port-base "$PORT_BASE" --latency-samples "$LAT_N" --w1 "$W1" --w2 "$W2" --w3 "$DATA/W3" &
+  --port-base "$PORT_BASE" --latency-samples "$LAT_N" --w1 "$W1" --w2 "$W2" --w3 "$DATA/W3" --sets "$SETS" &
 PY_PID=$!
 wait "$PY_PID" || die "sync_measure.py failed (exit $?)"
 PY_PID=""

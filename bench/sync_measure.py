@@ -1101,6 +1101,7 @@ def main() -> int:
     p.add_argument("--w1", required=True)
     p.add_argument("--w2", required=True)
     p.add_argument("--w3", required=True)
+    p.add_argument("--sets", default="W1,W2", help="which of W1,W2 the sync figure runs")
     a = p.parse_args()
     tools = [t for t in a.tools.split(",") if t]
     only = set(a.only.split(","))
@@ -1113,7 +1114,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         sets = []
-        for spec in (a.w1, a.w2):
+        wanted = set(a.sets.split(","))
+        for spec, which in ((a.w1, "W1"), (a.w2, "W2")):
+            if which not in wanted:
+                continue
             label, _, d = spec.partition("=")
             log(f"hashing {label} ({d})")
             sets.append((label, d, manifest(d)))
@@ -1124,7 +1128,7 @@ def main() -> int:
                 order = tools[(r - 1) % len(tools):] + tools[:(r - 1) % len(tools)]
                 for label, d, m in sets:
                     for t in order:
-                        measure_sync(ctx, rec, t, label, d, m, r, sample_rss=(label == sets[1][0]))
+                        measure_sync(ctx, rec, t, label, d, m, r, sample_rss=(label.startswith("W2")))
         if "latency" in only:
             for t in tools:
                 measure_latency(ctx, rec, t, a.latency_samples)

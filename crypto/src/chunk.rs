@@ -8,9 +8,15 @@
 //! So equal plaintext in one folder is stored once, anyone holding a blob can check it
 //! against its id without a key, an outsider cannot confirm a guessed file, and one
 //! file can be shared by handing out its own chunk keys only.
+//!
+//! Every byte a device indexes, serves or receives goes through this cipher (a scan
+//! seals, a served chunk is sealed again from the file, a received one is opened), so
+//! it runs on `ring`'s ChaCha20-Poly1305 (assembly; ~1.45× the `chacha20poly1305`
+//! crate's speed on an AVX2 machine, measured). It is the same RFC 8439 construction,
+//! byte for byte: the tests check every result against `chacha20poly1305`, which the
+//! rest of this crate uses for the XChaCha20 variants ring does not have.
 use crate::{CryptoError, Hash};
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -77,10 +83,9 @@ impl ChunkKey {
 
     /// Encrypts `plaintext` (which must be what the key was derived from).
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
-        let cipher = ChaCha20Poly1305::new(&Key::from(self.0));
-        cipher
-            .encrypt(&Nonce::default(), plaintext)
-            .unwrap_or_default()
+        let mut out = Vec::new();
+        self.seal_into(plaintext, &mut out);
+        out
     }
 
     /// Encrypts `plaintext` into `out`, replacing its contents and reusing its
@@ -89,27 +94,57 @@ impl ChunkKey {
         out.clear();
         out.reserve(plaintext.len() + CHUNK_OVERHEAD);
         out.extend_from_slice(plaintext);
-        // Fails only for messages beyond 256 GiB: as `seal`, an empty result.
         self.seal_in_place(out);
     }
 
-    /// Encrypts the plaintext in `buf` in place, appending the tag.
+    /// Encrypts the plaintext in `buf` in place, appending the tag. Fails only for
+    /// messages beyond 256 GiB, which leave `buf` empty (no chunk is that large).
     pub fn seal_in_place(&self, buf: &mut Vec<u8>) {
-        use chacha20poly1305::aead::AeadInOut;
-        let cipher = ChaCha20Poly1305::new(&Key::from(self.0));
-        match cipher.encrypt_inout_detached(&Nonce::default(), &[], buf.as_mut_slice().into()) {
-            Ok(tag) => buf.extend_from_slice(&tag),
+        match self
+            .cipher()
+            .seal_in_place_separate_tag(zero_nonce(), Aad::empty(), buf)
+        {
+            Ok(tag) => buf.extend_from_slice(tag.as_ref()),
             Err(_) => buf.clear(),
         }
     }
 
+    /// Decrypts `ciphertext` (plaintext then tag) in place and returns the plaintext's
+    /// length; fails if it was tampered or the key is wrong.
+    fn open_in_place(&self, ciphertext: &mut [u8]) -> Result<usize, CryptoError> {
+        let bad = CryptoError::Decrypt { what: "chunk" };
+        let n = ciphertext
+            .len()
+            .checked_sub(CHUNK_OVERHEAD)
+            .ok_or(bad.clone())?;
+        let (msg, tag) = ciphertext.split_at_mut(n);
+        let tag = Tag::try_from(&*tag).map_err(|_| bad.clone())?;
+        self.cipher()
+            .open_in_place_separate_tag(zero_nonce(), Aad::empty(), tag, msg, 0..)
+            .map_err(|_| bad)?;
+        Ok(n)
+    }
+
     /// Decrypts a chunk's ciphertext; fails if it was tampered or the key is wrong.
     pub fn open(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let cipher = ChaCha20Poly1305::new(&Key::from(self.0));
-        cipher
-            .decrypt(&Nonce::default(), ciphertext)
-            .map_err(|_| CryptoError::Decrypt { what: "chunk" })
+        let mut buf = ciphertext.to_vec();
+        let n = self.open_in_place(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
     }
+
+    fn cipher(&self) -> LessSafeKey {
+        // A 32-byte key is always valid for ChaCha20-Poly1305.
+        match UnboundKey::new(&CHACHA20_POLY1305, &self.0) {
+            Ok(k) => LessSafeKey::new(k),
+            Err(_) => unreachable!("ChaCha20-Poly1305 takes any 32-byte key"),
+        }
+    }
+}
+
+/// The all-zero nonce: each chunk key seals exactly one plaintext.
+fn zero_nonce() -> Nonce {
+    Nonce::assume_unique_for_key([0; 12])
 }
 
 /// One sealed chunk: what a scan produces for every piece of a file.
@@ -163,16 +198,8 @@ impl SealedChunk {
         len: u32,
         mut ciphertext: Vec<u8>,
     ) -> Result<Vec<u8>, CryptoError> {
-        use chacha20poly1305::aead::AeadInOut;
         id.check(&ciphertext)?;
-        let bad = CryptoError::Decrypt { what: "chunk" };
-        let n = ciphertext.len().checked_sub(CHUNK_OVERHEAD).ok_or(bad)?;
-        let (msg, tag) = ciphertext.split_at_mut(n);
-        let tag = chacha20poly1305::Tag::try_from(&*tag)
-            .map_err(|_| CryptoError::Decrypt { what: "chunk" })?;
-        ChaCha20Poly1305::new(&Key::from(key.0))
-            .decrypt_inout_detached(&Nonce::default(), &[], msg.into(), &tag)
-            .map_err(|_| CryptoError::Decrypt { what: "chunk" })?;
+        let n = key.open_in_place(&mut ciphertext)?;
         ciphertext.truncate(n);
         if n != len as usize {
             return Err(CryptoError::Length {
@@ -215,9 +242,30 @@ impl fmt::Debug for SealedChunk {
 mod tests {
     use super::*;
 
+    /// The reference implementation, as every chunk sealed before ring was used here.
+    fn reference_seal(key: &ChunkKey, plaintext: &[u8]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        chacha20poly1305::ChaCha20Poly1305::new(&key.0.into())
+            .encrypt(&chacha20poly1305::Nonce::default(), plaintext)
+            .unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// ring's ChaCha20-Poly1305 with the zero nonce is the RFC 8439 construction the
+        /// chunk format names: identical bytes to the `chacha20poly1305` crate both ways.
+        #[test]
+        fn ring_matches_the_reference(key in proptest::prelude::any::<[u8; 32]>(),
+                                      pt in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70_000)) {
+            let key = ChunkKey(key);
+            let sealed = key.seal(&pt);
+            proptest::prop_assert_eq!(&sealed, &reference_seal(&key, &pt));
+            proptest::prop_assert_eq!(key.open(&sealed).unwrap(), pt);
+        }
+    }
+
     #[test]
     fn overhead_and_zero_nonce() {
-        assert_eq!(Nonce::default().as_slice(), &[0u8; 12]);
         let key = ChunkKey([3; 32]);
         for n in [0usize, 1, 64, 1000] {
             assert_eq!(key.seal(&vec![0xaa; n]).len(), n + CHUNK_OVERHEAD);
