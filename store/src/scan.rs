@@ -210,12 +210,46 @@ struct Walk {
     warnings: Vec<String>,
 }
 
-fn walk(root: &Path, gi: &Gitignore, index: &BTreeMap<RelPath, IndexRow>) -> Result<Walk> {
-    let mut w = Walk {
+/// What the disk holds, before it is compared with the index: the walk runs while
+/// the index is loaded on another thread (each took about half of a rescan).
+struct OnDisk {
+    dirs: Vec<RelPath>,
+    files: Vec<(RelPath, Stat)>,
+    /// Files listed but gone before their stat: seen (not deleted), not read.
+    vanished: Vec<RelPath>,
+    unreadable: Vec<RelPath>,
+    warnings: Vec<String>,
+}
+
+impl OnDisk {
+    /// Sorts the files into unchanged, executable bit only, and to be read.
+    fn compare(self, index: &BTreeMap<RelPath, IndexRow>) -> Walk {
+        let mut w = Walk {
+            dirs: self.dirs,
+            to_read: Vec::new(),
+            mode_only: Vec::new(),
+            seen_files: HashSet::with_capacity(self.files.len() + self.vanished.len()),
+            unreadable: self.unreadable,
+            warnings: self.warnings,
+        };
+        w.seen_files.extend(self.vanished);
+        for (rel, st) in self.files {
+            w.seen_files.insert(rel.clone());
+            match index.get(&rel) {
+                Some(row) if st.matches(row) && row.executable == st.executable => {}
+                Some(row) if st.matches(row) => w.mode_only.push((rel, st)),
+                _ => w.to_read.push((rel, st)),
+            }
+        }
+        w
+    }
+}
+
+fn walk(root: &Path, gi: &Gitignore) -> Result<OnDisk> {
+    let mut w = OnDisk {
         dirs: Vec::new(),
-        to_read: Vec::new(),
-        mode_only: Vec::new(),
-        seen_files: HashSet::new(),
+        files: Vec::new(),
+        vanished: Vec::new(),
         unreadable: Vec::new(),
         warnings: Vec::new(),
     };
@@ -225,8 +259,10 @@ fn walk(root: &Path, gi: &Gitignore, index: &BTreeMap<RelPath, IndexRow>) -> Res
         .follow_links(false)
         .sort_by_file_name(|a, b| a.cmp(b))
         .filter_entry(move |e| {
+            // Top-down, and an ignored directory is never entered: every parent of
+            // this entry was already matched, so only the entry itself is.
             let is_dir = e.file_type().is_some_and(|t| t.is_dir());
-            e.depth() == 0 || !is_ignored(&gi2, e.path(), is_dir)
+            e.depth() == 0 || !gi2.matched(e.path(), is_dir).is_ignore()
         })
         .build();
     for item in walker {
@@ -279,17 +315,11 @@ fn walk(root: &Path, gi: &Gitignore, index: &BTreeMap<RelPath, IndexRow>) -> Res
             Err(e) => {
                 // Vanished between listing and stat: the next scan sees the truth.
                 w.warnings.push(format!("{rel}: {e}"));
-                w.seen_files.insert(rel);
+                w.vanished.push(rel);
                 continue;
             }
         };
-        let st = Stat::of(&meta);
-        w.seen_files.insert(rel.clone());
-        match index.get(&rel) {
-            Some(row) if st.matches(row) && row.executable == st.executable => {}
-            Some(row) if st.matches(row) => w.mode_only.push((rel, st)),
-            _ => w.to_read.push((rel, st)),
-        }
+        w.files.push((rel, Stat::of(&meta)));
     }
     Ok(w)
 }
@@ -622,9 +652,17 @@ impl Store {
         let started = Instant::now();
         let root = folder.root_path();
         check_root(&root, &folder.id)?;
-        let index = self.index_rows(folder)?;
         let (gi, mut warnings) = ignore_matcher(&root)?;
-        let w = walk(&root, &gi, &index)?;
+        let (index, on_disk) = std::thread::scope(|s| {
+            let index = s.spawn(|| self.index_rows(folder));
+            let on_disk = walk(&root, &gi);
+            let index = index
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::decode("scan", "index loader panicked")));
+            (index, on_disk)
+        });
+        let index = index?;
+        let w = on_disk?.compare(&index);
         warnings.extend(w.warnings.iter().cloned());
         for msg in &warnings {
             progress.warn(msg);
@@ -646,9 +684,14 @@ impl Store {
             },
             now: now_ms(),
             open: None,
-            cache_room: self
-                .cache_budget_with(w.to_read.iter().map(|(_, s)| s.size).sum())?
-                .saturating_sub(self.cache_size()?),
+            // Nothing to read, nothing to cache: the budget (a pass over every
+            // folder's index) is only worked out when there is.
+            cache_room: if w.to_read.is_empty() {
+                0
+            } else {
+                self.cache_budget_with(w.to_read.iter().map(|(_, s)| s.size).sum())?
+                    .saturating_sub(self.cache_size()?)
+            },
         };
 
         // Deleted: indexed, not seen, not under an unreadable directory. Ignored paths
