@@ -298,7 +298,7 @@ impl fmt::Debug for SealedChunk {
 mod tests {
     use super::*;
 
-    /// The reference implementation, as every chunk sealed before ring was used here.
+    /// The reference implementation (every chunk sealed before ring was used here).
     fn reference_seal(key: &ChunkKey, plaintext: &[u8]) -> Vec<u8> {
         use chacha20poly1305::aead::{Aead, KeyInit};
         chacha20poly1305::ChaCha20Poly1305::new(&key.0.into())
@@ -311,7 +311,7 @@ mod tests {
         /// Both backends give the RFC 8439 bytes the chunk format names (identical to
         /// the `chacha20poly1305` crate's), open them, and refuse a flipped bit.
         #[test]
-        fn ring_matches_the_reference(key in proptest::prelude::any::<[u8; 32]>(),
+        fn both_backends_match_the_reference(key in proptest::prelude::any::<[u8; 32]>(),
                                       pt in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70_000)) {
             let key = ChunkKey(key);
             let reference = reference_seal(&key, &pt);

@@ -1,7 +1,7 @@
 //! weft's cryptography: every key, signature and ciphertext type the other crates use.
 //!
 //! Nothing here does I/O. The other crates never import `ed25519-dalek`,
-//! `x25519-dalek` or `chacha20poly1305` directly: they go through these types,
+//! `x25519-dalek`, `chacha20poly1305` or `ring` directly: they go through these types,
 //! so that every key is tied to its purpose (domain-separated derivations,
 //! associated data naming what a ciphertext is) and a misuse does not compile.
 //!

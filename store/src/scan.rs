@@ -2,8 +2,8 @@
 //!
 //! A scan runs in two phases.
 //!
-//! 1. **Walk** (stat only): every path under the root, minus `.weftignore` matches and
-//!    weft's own defaults. A file whose size, mtime, inode and executable bit match its
+//! 1. **Walk** (stat only, while the index loads on a second thread): every path under
+//!    the root, minus `.weftignore` matches and weft's own defaults. A file whose size, mtime, inode and executable bit match its
 //!    index row is skipped without being read. Paths in the index but not on disk are
 //!    deleted, unless they lie under a directory that could not be read. A new file with
 //!    the inode, size and mtime of a deleted one is a **move**: it re-uses the old
