@@ -524,7 +524,7 @@ enum Source {
     /// The same chunk earlier in this file.
     Earlier,
     Cache,
-    Fetch(oneshot::Receiver<Option<Vec<u8>>>),
+    Fetch(ChunkReply),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -868,10 +868,7 @@ fn drop_cached(file: &std::fs::File, len: u64) {
 
 /// Asks the swarm task for one chunk, opened with its key on arrival: the answer is
 /// its plaintext.
-fn fetch(
-    cmds: &mpsc::Sender<Cmd>,
-    c: &ChunkRef,
-) -> Result<oneshot::Receiver<Option<Vec<u8>>>, NodeError> {
+fn fetch(cmds: &mpsc::Sender<Cmd>, c: &ChunkRef) -> Result<ChunkReply, NodeError> {
     let (tx, rx) = oneshot::channel();
     cmds.blocking_send(Cmd::FetchChunk {
         id: c.id,
@@ -902,8 +899,9 @@ pub(crate) struct Prefetch {
 
 /// Bytes of chunks fetched ahead of the file being written: 128 chunks of the average
 /// size, enough to keep [`crate::node::CHUNK_REQUESTS_PER_PEER`] full batches in
-/// flight to a peer with more queued behind them (4 MiB here took a tenth longer
-/// to sync the large-file set on loopback).
+/// flight to a peer with more queued behind them (64 chunks with 4 requests per peer
+/// took a tenth longer to sync the large-file set on loopback). Counted in bytes, not
+/// chunks, so that large chunks do not multiply the memory it holds.
 pub const PREFETCH_BYTES: usize = 8 << 20;
 
 impl Prefetch {
@@ -936,7 +934,7 @@ impl Prefetch {
     }
 
     /// The fetch of `id` if one was started (or will not be: it is claimed now).
-    fn take(&mut self, id: &ChunkId) -> Option<oneshot::Receiver<Option<Vec<u8>>>> {
+    fn take(&mut self, id: &ChunkId) -> Option<ChunkReply> {
         self.claimed.insert(*id);
         let (rx, len) = self.inflight.remove(id)?;
         self.inflight_bytes -= len as usize;
