@@ -230,19 +230,19 @@ impl SealedChunk {
         }
     }
 
-    /// As [`SealedChunk::seal`], sealing into `buf` (whose allocation is reused).
-    pub fn seal_with(
-        convergence_secret: &[u8; 32],
-        plaintext: &[u8],
-        mut buf: Vec<u8>,
-    ) -> SealedChunk {
-        let key = ChunkKey::derive(convergence_secret, plaintext);
-        key.seal_into(plaintext, &mut buf);
+    /// As [`SealedChunk::seal`], sealing `plaintext`'s own buffer in place: the
+    /// ciphertext takes its allocation, so nothing is copied (a scan hands each chunk's
+    /// buffer on like this and recycles it). Reserve [`CHUNK_OVERHEAD`] spare bytes of
+    /// capacity to spare the tag a reallocation.
+    pub fn seal_owned(convergence_secret: &[u8; 32], mut plaintext: Vec<u8>) -> SealedChunk {
+        let key = ChunkKey::derive(convergence_secret, &plaintext);
+        let len = plaintext.len() as u32;
+        key.seal_in_place(&mut plaintext);
         SealedChunk {
-            id: ChunkId::of(&buf),
+            id: ChunkId::of(&plaintext),
             key,
-            len: plaintext.len() as u32,
-            ciphertext: buf,
+            len,
+            ciphertext: plaintext,
         }
     }
 
@@ -349,6 +349,10 @@ mod tests {
             assert!(
                 SealedChunk::open_owned(&ChunkId::of(&bad), &sealed.key, sealed.len, bad).is_err()
             );
+            // Sealing the plaintext's own buffer gives the same chunk.
+            let mut own = Vec::with_capacity(n + CHUNK_OVERHEAD);
+            own.resize(n, 0xaa);
+            assert!(SealedChunk::seal_owned(&[3; 32], own) == sealed);
             // Sealing into a used buffer gives the same bytes.
             let mut buf = vec![7u8; 3 * n + 5];
             key.seal_into(&vec![0xaa; n], &mut buf);

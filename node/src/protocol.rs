@@ -331,6 +331,165 @@ pub const MAX_STORE_IDS: usize = 4096;
 /// envelopes, tips, missing ids).
 pub const MAX_STORE_MESSAGE: usize = 12 << 20;
 
+/// A message of one of the protocols, and how it goes on the wire. By default a
+/// postcard frame ([`write_frame`], [`read_frame`]); a chunk answer, nearly all of
+/// the bytes a transfer moves, is written and read piece by piece in the same layout,
+/// so its chunks are neither copied into one frame buffer on the way out nor out of
+/// one on the way in.
+pub trait WireMessage: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
+    /// Writes `self` as one frame of at most `max` bytes, then closes the stream.
+    fn write_to<W: AsyncWrite + Unpin + Send>(
+        &self,
+        io: &mut W,
+        max: usize,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        write_frame(io, self, max)
+    }
+
+    /// Reads one frame of at most `max` bytes.
+    fn read_from<R: AsyncRead + Unpin + Send>(
+        io: &mut R,
+        max: usize,
+    ) -> impl Future<Output = io::Result<Self>> + Send {
+        read_frame(io, max)
+    }
+}
+
+impl WireMessage for SyncRequest {}
+impl WireMessage for SyncResponse {}
+impl WireMessage for ChunkRequest {}
+impl WireMessage for StoreRequest {}
+impl WireMessage for StoreResponse {}
+impl WireMessage for PairRequest {}
+impl WireMessage for PairResponse {}
+
+impl WireMessage for ChunkResponse {
+    async fn write_to<W: AsyncWrite + Unpin + Send>(
+        &self,
+        io: &mut W,
+        max: usize,
+    ) -> io::Result<()> {
+        let ChunkResponse::Chunks(answers) = self else {
+            return write_frame(io, self, max).await;
+        };
+        // Exactly postcard's layout of `self`, so any postcard decoder reads it:
+        // variant, count, then per answer its variant and (for data) length and bytes.
+        let bad = |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let len = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .map_err(bad)?;
+        if len > max || u32::try_from(len).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("message of {len} bytes is over the limit of {max}"),
+            ));
+        }
+        let mut head = Vec::with_capacity(64);
+        head.extend_from_slice(&(len as u32).to_be_bytes());
+        head = postcard::to_extend(&(0u32, answers.len()), head).map_err(bad)?;
+        for a in answers {
+            match a {
+                ChunkAnswer::Data(d) => {
+                    head = postcard::to_extend(&(0u32, d.len()), head).map_err(bad)?;
+                    io.write_all(&head).await?;
+                    head.clear();
+                    io.write_all(d).await?;
+                }
+                ChunkAnswer::Missing => {
+                    head = postcard::to_extend(&1u32, head).map_err(bad)?;
+                }
+            }
+        }
+        if !head.is_empty() {
+            io.write_all(&head).await?;
+        }
+        io.close().await
+    }
+
+    async fn read_from<R: AsyncRead + Unpin + Send>(io: &mut R, max: usize) -> io::Result<Self> {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes is over the limit of {max}"),
+            ));
+        }
+        let mut body = FrameReader { io, left: len };
+        let resp = match body.varint().await? {
+            0 => {
+                // Every answer takes at least a byte, so the count is bounded by the
+                // frame's length; the allocation by a small constant.
+                let n = body.varint().await?;
+                if n > body.left as u64 {
+                    return Err(malformed("more answers than bytes"));
+                }
+                let mut answers = Vec::with_capacity((n as usize).min(MAX_BATCH_CHUNKS));
+                for _ in 0..n {
+                    answers.push(match body.varint().await? {
+                        0 => {
+                            let l = body.varint().await?;
+                            if l > body.left as u64 {
+                                return Err(malformed("a chunk longer than its frame"));
+                            }
+                            let mut d = vec![0u8; l as usize];
+                            body.read_exact(&mut d).await?;
+                            ChunkAnswer::Data(d)
+                        }
+                        1 => ChunkAnswer::Missing,
+                        v => return Err(malformed(&format!("unknown answer variant {v}"))),
+                    });
+                }
+                ChunkResponse::Chunks(answers)
+            }
+            1 => ChunkResponse::Refused,
+            v => return Err(malformed(&format!("unknown response variant {v}"))),
+        };
+        if body.left != 0 {
+            return Err(malformed(&format!("{} bytes after the answer", body.left)));
+        }
+        Ok(resp)
+    }
+}
+
+fn malformed(reason: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed message: {reason}"),
+    )
+}
+
+/// The body of one frame, read in place: never past the frame's length.
+struct FrameReader<'a, R> {
+    io: &'a mut R,
+    left: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<'_, R> {
+    async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if buf.len() > self.left {
+            return Err(malformed("the frame ends early"));
+        }
+        self.io.read_exact(buf).await?;
+        self.left -= buf.len();
+        Ok(())
+    }
+
+    /// A postcard varint (LEB128, at most 10 bytes for 64 bits).
+    async fn varint(&mut self) -> io::Result<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let mut b = [0u8; 1];
+            self.read_exact(&mut b).await?;
+            v |= u64::from(b[0] & 0x7f) << (7 * i);
+            if b[0] & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(malformed("a varint longer than 10 bytes"))
+    }
+}
+
 /// Requests that can stand for an unreadable one.
 pub trait Unreadable {
     /// The stand-in for a request that could not be read, with the reason.
@@ -405,8 +564,8 @@ fn behaviour<Req, Resp>(
     u: Use,
 ) -> request_response::Behaviour<Codec<Req, Resp>>
 where
-    Req: Serialize + DeserializeOwned + Unreadable + Send + Sync + 'static,
-    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Req: WireMessage + Unreadable,
+    Resp: WireMessage,
 {
     request_response::Behaviour::with_codec(
         Codec::new(max_request, max_response),
@@ -561,8 +720,8 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
 
 impl<Req, Resp> libp2p::request_response::Codec for Codec<Req, Resp>
 where
-    Req: Serialize + DeserializeOwned + Unreadable + Send + Sync + 'static,
-    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Req: WireMessage + Unreadable,
+    Resp: WireMessage,
 {
     type Protocol = StreamProtocol;
     type Request = Req;
@@ -576,7 +735,7 @@ where
         // An unreadable request still reaches the node, as a stand-in carrying the
         // reason, so that it is logged with the peer and answered with a refusal
         // (libp2p would otherwise drop it silently). Its body is not read further.
-        match read_frame(io, self.max_request).await {
+        match Req::read_from(io, self.max_request).await {
             Ok(r) => Ok(r),
             Err(e) => Ok(Req::unreadable(e.to_string())),
         }
@@ -587,7 +746,7 @@ where
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Resp> {
-        read_frame(io, self.max_response).await
+        Resp::read_from(io, self.max_response).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -596,7 +755,7 @@ where
         io: &mut T,
         req: Req,
     ) -> io::Result<()> {
-        write_frame(io, &req, self.max_request).await
+        req.write_to(io, self.max_request).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -605,7 +764,7 @@ where
         io: &mut T,
         resp: Resp,
     ) -> io::Result<()> {
-        write_frame(io, &resp, self.max_response).await
+        resp.write_to(io, self.max_response).await
     }
 }
 
@@ -668,5 +827,92 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("over the limit"), "{err}");
+    }
+
+    /// A chunk answer written piece by piece is byte for byte postcard's frame of it,
+    /// so either side may be the older code; and it reads back the same both ways.
+    #[tokio::test]
+    async fn chunk_answers_keep_the_postcard_layout() {
+        let cases = [
+            answer(&[400_000, 100_000]),
+            answer(&[]),
+            answer(&[1, 127, 128, 16_384]),
+            ChunkResponse::Chunks(vec![
+                ChunkAnswer::Missing,
+                ChunkAnswer::Data(vec![9; 300]),
+                ChunkAnswer::Missing,
+            ]),
+            ChunkResponse::Refused,
+        ];
+        for r in &cases {
+            let mut framed = Cursor::new(Vec::new());
+            write_frame(&mut framed, r, MAX_CHUNK_MESSAGE)
+                .await
+                .unwrap();
+            let mut pieces = Cursor::new(Vec::new());
+            r.write_to(&mut pieces, MAX_CHUNK_MESSAGE).await.unwrap();
+            assert_eq!(pieces.get_ref(), framed.get_ref());
+            let mut wire = Cursor::new(pieces.into_inner());
+            let got = ChunkResponse::read_from(&mut wire, MAX_CHUNK_MESSAGE)
+                .await
+                .unwrap();
+            assert_eq!(sizes(&got), sizes(r));
+            assert_eq!(
+                matches!(got, ChunkResponse::Refused),
+                matches!(r, ChunkResponse::Refused)
+            );
+        }
+        // Over the limit: refused before anything is written or read.
+        let mut out = Cursor::new(Vec::new());
+        let err = answer(&[1000]).write_to(&mut out, 100).await.unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        assert!(out.get_ref().is_empty());
+    }
+
+    /// Every malformed chunk answer is an error, never a panic or an allocation the
+    /// frame's length does not cover.
+    #[tokio::test]
+    async fn malformed_chunk_answers_are_refused() {
+        let framed = |body: &[u8]| {
+            let mut v = (body.len() as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(body);
+            v
+        };
+        let mut good = Cursor::new(Vec::new());
+        write_frame(&mut good, &answer(&[10, 20]), MAX_CHUNK_MESSAGE)
+            .await
+            .unwrap();
+        let good = good.into_inner();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            // Cut short: the length prefix promises more than the stream holds.
+            (good[..good.len() - 1].to_vec(), ""),
+            // A chunk longer than the frame.
+            (
+                framed(&[0, 1, 0, 0xff, 0xff, 0x03, 1, 2]),
+                "longer than its frame",
+            ),
+            // More answers than bytes.
+            (framed(&[0, 0xff, 0xff, 0x03]), "more answers than bytes"),
+            // Unknown variants.
+            (framed(&[2]), "unknown response variant"),
+            (framed(&[0, 1, 7]), "unknown answer variant"),
+            // Trailing bytes after a complete answer.
+            (framed(&[0, 1, 1, 0]), "after the answer"),
+            // A varint that never ends.
+            (
+                framed(&[
+                    0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+                ]),
+                "varint",
+            ),
+            // A frame over the limit.
+            (framed(&vec![0u8; MAX_CHUNK_MESSAGE + 1]), "over the limit"),
+        ];
+        for (bytes, want) in cases {
+            let err = ChunkResponse::read_from(&mut Cursor::new(bytes), MAX_CHUNK_MESSAGE)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(want), "{err} (wanted {want:?})");
+        }
     }
 }

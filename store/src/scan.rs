@@ -393,6 +393,8 @@ fn cut_file(
     let res = crate::chunker::cut_with::<_, std::io::Error>(buf, &f, |c| {
         let mut data = free.try_recv().unwrap_or_default();
         data.clear();
+        // Room for the tag the worker appends when it seals this buffer in place.
+        data.reserve(c.len() + weft_crypto::chunk::CHUNK_OVERHEAD);
         data.extend_from_slice(c);
         let job = Job {
             file: file_no,
@@ -913,37 +915,27 @@ impl Store {
         // Sealed chunks waiting for the writer: at most 64 (4 MiB at the average chunk
         // size, 16 MiB at the largest), whatever the file size.
         let (msg_tx, msg_rx) = bounded::<Msg>(64);
-        // Buffers go round: plaintext from the cutter to a worker and back, ciphertext
-        // from a worker to the writer and back. New buffers would cost a page fault
-        // per 4 KiB each time (the allocator hands large blocks back to the system).
-        let free = Recycle {
-            plain: bounded::<Vec<u8>>(workers * 4 + 4),
-            sealed: bounded::<Vec<u8>>(32),
-        };
+        // Buffers go round: the cutter fills one with a chunk's plaintext, a worker
+        // seals it in place, the writer hands it back. New buffers would cost a page
+        // fault per 4 KiB each time (the allocator hands large blocks back to the
+        // system). Bounded: at most this many wait, whatever the file size.
+        let free = bounded::<Vec<u8>>(workers * 4 + 32);
         let secret = *writer.keys.convergence_secret();
         std::thread::scope(|s| -> Result<()> {
             for _ in 0..workers {
                 let job_rx = job_rx.clone();
                 let msg_tx = msg_tx.clone();
-                let free = free.clone();
-                s.spawn(move || seal_worker(&secret, job_rx, msg_tx, &free));
+                s.spawn(move || seal_worker(&secret, job_rx, msg_tx));
             }
             drop(job_rx);
             {
                 let msg_tx = msg_tx.clone();
-                let plain = free.plain.1.clone();
-                s.spawn(move || cutter(root, to_read, job_tx, msg_tx, &plain));
+                let free = free.1.clone();
+                s.spawn(move || cutter(root, to_read, job_tx, msg_tx, &free));
             }
             drop(msg_tx);
             let res = self.collect(
-                to_read,
-                index,
-                writer,
-                deleted,
-                by_hash,
-                progress,
-                &msg_rx,
-                &free.sealed.0,
+                to_read, index, writer, deleted, by_hash, progress, &msg_rx, &free.0,
             );
             // On error, hang up so the cutter and workers stop.
             drop(msg_rx);
@@ -961,7 +953,7 @@ impl Store {
         by_hash: &mut HashMap<Hash, Vec<RelPath>>,
         progress: &dyn Progress,
         msgs: &Receiver<Msg>,
-        free_sealed: &Sender<Vec<u8>>,
+        free: &Sender<Vec<u8>>,
     ) -> Result<()> {
         let mut pending: HashMap<usize, Pending> = HashMap::new();
         let mut which: HashMap<usize, usize> = HashMap::new();
@@ -970,7 +962,7 @@ impl Store {
                 Msg::Chunk { file, idx, sealed } => {
                     writer.put_chunk(&sealed)?;
                     progress.advance(u64::from(sealed.len));
-                    let _ = free_sealed.try_send(sealed.ciphertext);
+                    let _ = free.try_send(sealed.ciphertext);
                     let p = pending.entry(file).or_insert_with(|| Pending {
                         chunks: Vec::new(),
                         got: 0,
@@ -1059,18 +1051,9 @@ fn writer_me(store: &Store) -> weft_crypto::DeviceId {
     store.id.device_id()
 }
 
-/// Free buffers for reuse (see [`Store::read_files`]).
-#[derive(Clone)]
-struct Recycle {
-    plain: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
-    sealed: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
-}
-
-fn seal_worker(secret: &[u8; 32], jobs: Receiver<Job>, out: Sender<Msg>, free: &Recycle) {
+fn seal_worker(secret: &[u8; 32], jobs: Receiver<Job>, out: Sender<Msg>) {
     for job in jobs.iter() {
-        let buf = free.sealed.1.try_recv().unwrap_or_default();
-        let sealed = SealedChunk::seal_with(secret, &job.data, buf);
-        let _ = free.plain.0.try_send(job.data);
+        let sealed = SealedChunk::seal_owned(secret, job.data);
         if out
             .send(Msg::Chunk {
                 file: job.file,
