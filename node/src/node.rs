@@ -40,11 +40,12 @@ use weft_store::store::now_ms;
 pub const VERIFY_GRACE: Duration = Duration::from_secs(10);
 /// How often a device renews its registration at a relay's rendezvous point.
 const REGISTER_EVERY: Duration = Duration::from_secs(3600);
-/// How many chunk requests may be in flight to one peer: about 3 MiB of answers,
+/// How many chunk requests may be in flight to one peer: about 4 MiB of answers,
 /// enough to cover the hops between the two swarm tasks and their blocking pools on a
-/// fast link (4 synced the large-file set a tenth slower on loopback), few enough that
-/// the serving device's buffers stay small.
-pub const CHUNK_REQUESTS_PER_PEER: usize = 6;
+/// fast link (4 synced the large-file set a tenth slower on loopback than 6, 8 a little
+/// faster again once answers stopped being copied into frame buffers), few enough that
+/// the serving device's buffers stay small (peak RSS ~50 MiB on the large-file set).
+pub const CHUNK_REQUESTS_PER_PEER: usize = 8;
 
 /// Settings of a node.
 #[derive(Clone, Debug)]

@@ -649,8 +649,9 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
 }
 
 /// Frame buffers kept for reuse once a frame is decoded. Zeroing a fresh buffer for
-/// every chunk answer (≈ 512 KiB) was a twentieth of a receiving device's CPU; a
-/// reused one is zeroed only where it grows. Bounded: [`POOLED_FRAMES`] buffers of at
+/// every frame of a transfer (chunk answers went through here once; chunk uploads to
+/// a relay still do) was a twentieth of a receiving device's CPU; a reused one is
+/// zeroed only where it grows. Bounded: [`POOLED_FRAMES`] buffers of at
 /// most [`POOLED_FRAME_LEN`] bytes each.
 static FRAME_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 const POOLED_FRAMES: usize = 4;
