@@ -375,14 +375,7 @@ impl WireMessage for ChunkResponse {
         // Exactly postcard's layout of `self`, so any postcard decoder reads it:
         // variant, count, then per answer its variant and (for data) length and bytes.
         let bad = |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e);
-        let len = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
-            .map_err(bad)?;
-        if len > max || u32::try_from(len).is_err() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("message of {len} bytes is over the limit of {max}"),
-            ));
-        }
+        let len = encoded_len(self, max)?;
         let mut head = Vec::with_capacity(64);
         head.extend_from_slice(&(len as u32).to_be_bytes());
         head = postcard::to_extend(&(0u32, answers.len()), head).map_err(bad)?;
@@ -406,15 +399,7 @@ impl WireMessage for ChunkResponse {
     }
 
     async fn read_from<R: AsyncRead + Unpin + Send>(io: &mut R, max: usize) -> io::Result<Self> {
-        let mut len = [0u8; 4];
-        io.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes is over the limit of {max}"),
-            ));
-        }
+        let len = frame_len(io, max).await?;
         let mut body = FrameReader { io, left: len };
         let resp = match body.varint().await? {
             0 => {
@@ -629,15 +614,7 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
     io: &mut R,
     max: usize,
 ) -> io::Result<T> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over the limit of {max}"),
-        ));
-    }
+    let len = frame_len(io, max).await?;
     let mut buf = FrameBuffer::take(len);
     io.read_exact(buf.bytes()).await?;
     postcard::from_bytes(buf.bytes()).map_err(|e| {
@@ -695,6 +672,35 @@ impl Drop for FrameBuffer {
     }
 }
 
+/// The length of `msg`'s encoding, worked out without building it (cheap: nothing is
+/// copied), so a frame is built at the right size and an oversized message is refused
+/// before anything is built or written.
+fn encoded_len<T: Serialize + ?Sized>(msg: &T, max: usize) -> io::Result<usize> {
+    let len = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if len > max || u32::try_from(len).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {len} bytes is over the limit of {max}"),
+        ));
+    }
+    Ok(len)
+}
+
+/// Reads a frame's length prefix, refusing one over `max` before anything is read.
+async fn frame_len<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<usize> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit of {max}"),
+        ));
+    }
+    Ok(len)
+}
+
 /// Encodes and writes one frame, refusing to send more than `max` bytes.
 pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
     io: &mut W,
@@ -702,16 +708,7 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
     max: usize,
 ) -> io::Result<()> {
     let bad = |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e);
-    // Sized first (cheap: nothing is copied), so the frame is built in one buffer of
-    // the right size, and an oversized message is refused before anything is built.
-    let len = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
-        .map_err(bad)?;
-    if len > max || u32::try_from(len).is_err() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("message of {len} bytes is over the limit of {max}"),
-        ));
-    }
+    let len = encoded_len(msg, max)?;
     let mut buf = Vec::with_capacity(4 + len);
     buf.extend_from_slice(&(len as u32).to_be_bytes());
     let buf = postcard::to_io(msg, buf).map_err(bad)?;
