@@ -389,6 +389,8 @@ impl FsyncBatch {
                 })
                 .collect()
         });
+        // Each directory a file was renamed into is fsynced once, after the batch.
+        let mut renamed_into: Vec<Option<RelPath>> = Vec::new();
         for ((action, a), synced) in files.into_iter().zip(synced) {
             let Action::WriteFile {
                 path,
@@ -414,7 +416,17 @@ impl FsyncBatch {
                     Err(io_err(&a.tmp)(e))
                 }
             };
+            if let Ok(true) = res {
+                let dir = path.parent();
+                if !renamed_into.contains(&dir) {
+                    renamed_into.push(dir);
+                }
+            }
             tally.record(shared, folder, &action, res);
+        }
+        let root = folder.root_path();
+        for dir in &renamed_into {
+            sync_dir(&root, dir.as_ref());
         }
     }
 }
@@ -682,9 +694,24 @@ fn write_file(
     cmds: &mpsc::Sender<Cmd>,
     prefetch: &mut Prefetch,
 ) -> Result<bool, NodeError> {
-    match prepare_file(shared, folder, path, manifest, cmds, prefetch, true)? {
-        Some(a) => finish_file(shared, folder, path, version, manifest, conflict_of, a),
-        None => Ok(false),
+    let Some(a) = prepare_file(shared, folder, path, manifest, cmds, prefetch, true)? else {
+        return Ok(false);
+    };
+    let done = finish_file(shared, folder, path, version, manifest, conflict_of, a)?;
+    if done {
+        sync_dir(&folder.root_path(), path.parent().as_ref());
+    }
+    Ok(done)
+}
+
+/// Makes renames into the directory `dir` of the folder at `root` (the root itself
+/// if `None`) durable: without it a power loss could keep the index row (committed
+/// later) but lose the name, and the next scan would take the missing file for a
+/// local delete. A failure is logged; the files are there.
+fn sync_dir(root: &Path, dir: Option<&RelPath>) {
+    let dir = dir.map_or_else(|| root.to_path_buf(), |d| d.to_path(root));
+    if let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+        warn!("cannot fsync {}: {e}", dir.display());
     }
 }
 
