@@ -227,9 +227,15 @@ pub fn dec<'a, T: Deserialize<'a>>(what: &'static str, b: &'a [u8]) -> Result<T>
     postcard::from_bytes(b).map_err(|e| StoreError::decode(what, e))
 }
 
+/// The database's page cache. redb's default (1 GiB) lets a node's memory grow with
+/// its folders' index and log; this keeps what a sync of 10,000 files touches.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// Opens (creating if needed) the database and runs migrations.
 pub fn open(path: &Path) -> Result<Database> {
-    let db = Database::create(path)?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?;
     // Up to date: open without writing (so reading works on a full disk).
     {
         let r = db.begin_read()?;
