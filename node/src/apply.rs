@@ -203,6 +203,11 @@ fn round(
         } = &action
             && manifest.size < BATCH_FILE_BELOW
         {
+            // The same content is assembled in the same temporary file: the one
+            // waiting must be renamed first.
+            if batch.holds(&manifest.hash) {
+                batch.flush(shared, &folder, &mut tally);
+            }
             match prepare_file(shared, &folder, path, manifest, cmds, &mut prefetch, false) {
                 Ok(Some(a)) => {
                     batch.push(action, a);
@@ -352,6 +357,13 @@ impl FsyncBatch {
             self.bytes += manifest.size;
         }
         self.files.push((action, a));
+    }
+
+    /// Whether a file of this content waits here (in the temporary file named by it).
+    fn holds(&self, hash: &Hash) -> bool {
+        self.files
+            .iter()
+            .any(|(a, _)| matches!(a, Action::WriteFile { manifest, .. } if manifest.hash == *hash))
     }
 
     fn is_full(&self) -> bool {

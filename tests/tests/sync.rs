@@ -326,3 +326,31 @@ async fn a_chunk_that_recurs_in_a_file_is_transferred_once() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_files_of_the_same_content_all_arrive() {
+    // Files are assembled in a temporary file named by their content, and small ones
+    // wait there for a batched fsync: identical files (empty ones above all) must
+    // still each end up under their own name.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Device::new(tmp.path(), "a");
+    let mut b = Device::new(tmp.path(), "b");
+    a.create_folder();
+    for i in 0..40 {
+        a.write(&format!("same/{i}.txt"), b"the same few bytes");
+        a.write(&format!("empty/{i}"), b"");
+    }
+    a.start(&[]);
+    b.join(&a.invite()).await;
+    b.start(&[a.port]);
+    let s = converge(&[&a, &b], WAIT).await;
+    for i in 0..40 {
+        assert_eq!(
+            s[&format!("same/{i}.txt")],
+            Some((b"the same few bytes".to_vec(), false))
+        );
+        assert_eq!(s[&format!("empty/{i}")], Some((Vec::new(), false)));
+    }
+    a.stop().await;
+    b.stop().await;
+}
