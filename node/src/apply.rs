@@ -348,32 +348,33 @@ const FSYNC_THREADS: usize = 4;
 #[derive(Default)]
 struct FsyncBatch {
     files: Vec<(Action, Assembled)>,
-    bytes: u64,
 }
 
 impl FsyncBatch {
     fn push(&mut self, action: Action, a: Assembled) {
-        if let Action::WriteFile { manifest, .. } = &action {
-            self.bytes += manifest.size;
-        }
         self.files.push((action, a));
+    }
+
+    fn manifests(&self) -> impl Iterator<Item = &Manifest> {
+        self.files.iter().filter_map(|(a, _)| match a {
+            Action::WriteFile { manifest, .. } => Some(manifest),
+            _ => None,
+        })
     }
 
     /// Whether a file of this content waits here (in the temporary file named by it).
     fn holds(&self, hash: &Hash) -> bool {
-        self.files
-            .iter()
-            .any(|(a, _)| matches!(a, Action::WriteFile { manifest, .. } if manifest.hash == *hash))
+        self.manifests().any(|m| m.hash == *hash)
     }
 
     fn is_full(&self) -> bool {
-        self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
+        self.files.len() >= BATCH_FILES
+            || self.manifests().map(|m| m.size).sum::<u64>() >= BATCH_BYTES
     }
 
     /// Fsyncs every waiting file, then renames and indexes each in plan order.
     fn flush(&mut self, shared: &Shared, folder: &FolderRecord, tally: &mut Tally) {
         let files = std::mem::take(&mut self.files);
-        self.bytes = 0;
         if files.is_empty() {
             return;
         }
