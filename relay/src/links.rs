@@ -35,7 +35,9 @@ pub(crate) const LINK_CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::n
 pub(crate) const PERSON_LINKS: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("person-links-1");
 
-/// Most links one person may have at this relay (revoked ones included, until removed).
+/// Most usable links one person may have at this relay. A revoked link stops counting at
+/// once; an expired, used-up or orphaned one (its creator left the folder) when the
+/// limit is reached.
 pub const MAX_LINKS_PER_PERSON: usize = 1000;
 
 /// One link as the relay keeps it.
@@ -164,12 +166,74 @@ impl LinkRow {
         }
     }
 
+    /// Whether the link could still serve a download.
+    fn usable<T: ReadableTable<&'static [u8], &'static [u8]>>(
+        &self,
+        now: u64,
+        members: &T,
+    ) -> bool {
+        self.check_live(now).is_ok() && self.check_creator(members).is_ok() && !self.used_up()
+    }
+
+    /// Whether its download limit is reached.
+    fn used_up(&self) -> bool {
+        self.max_downloads.is_some_and(|max| self.downloads >= max)
+    }
+
     fn check_access(&self, access: Option<&[u8; 32]>) -> Result<(), LinkError> {
         match access {
             Some(a) if constant_eq(&access_hash(a), &self.access_hash) => Ok(()),
             _ => Err(LinkError::WrongPassword),
         }
     }
+}
+
+/// How many links count against `person`'s limit.
+fn person_link_count<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    by_person: &T,
+    person: &PersonId,
+) -> Result<usize, RelayError> {
+    let mut count = 0usize;
+    scan_prefix(by_person, person_bytes(person), |_, _| {
+        count += 1;
+        Ok(true)
+    })?;
+    Ok(count)
+}
+
+/// Lets a link that can no longer serve anything go: it stops counting against its
+/// person's limit and loses its chunk grants and sealed record. Its row stays, so the
+/// page still says why the link does not work (revoked, expired, used up).
+fn release(
+    links: &mut redb::Table<&[u8], &[u8]>,
+    by_person: &mut redb::Table<&[u8], &[u8]>,
+    link_chunks: &mut redb::Table<&[u8], &[u8]>,
+    person: &PersonId,
+    token: &[u8; 16],
+) -> Result<(), RelayError> {
+    by_person.remove(key2(person_bytes(person), token).as_slice())?;
+    let mut grants = Vec::new();
+    scan_prefix(&*link_chunks, token, |k, _| {
+        grants.push(k.to_vec());
+        Ok(true)
+    })?;
+    for k in grants {
+        link_chunks.remove(k.as_slice())?;
+    }
+    let row = links
+        .get(token.as_slice())?
+        .map(|v| LinkRow::decode(v.value()))
+        .transpose()?;
+    if let Some(mut row) = row {
+        row.record = Vec::new();
+        // Expired and used-up stay so for ever; anything else (a creator who left the
+        // folder might come back) is revoked, so the emptied row never serves again.
+        if row.check_live(now_ms()).is_ok() && !row.used_up() {
+            row.revoked = true;
+        }
+        links.insert(token.as_slice(), row.encode().as_slice())?;
+    }
+    Ok(())
 }
 
 fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -230,14 +294,35 @@ impl RelayStore {
                 return Err(not_allowed("a link with this token exists".into()));
             }
             let mut by_person = txn.open_table(PERSON_LINKS)?;
-            let mut count = 0usize;
-            scan_prefix(&by_person, person_bytes(&person), |_, _| {
-                count += 1;
-                Ok(count < MAX_LINKS_PER_PERSON)
-            })?;
+            let mut lc = txn.open_table(LINK_CHUNKS)?;
+            let mut count = person_link_count(&by_person, &person)?;
+            if count >= MAX_LINKS_PER_PERSON {
+                // Expired, used-up and orphaned links stop counting once the limit is
+                // reached (revoked ones stopped when they were revoked).
+                let members = txn.open_table(MEMBERS)?;
+                let now = now_ms();
+                let mut dead = Vec::new();
+                scan_prefix(&by_person, person_bytes(&person), |k, _| {
+                    let Some(token) = k.get(32..).and_then(|t| <[u8; 16]>::try_from(t).ok()) else {
+                        return Err(corrupt("person's link key"));
+                    };
+                    let row = links
+                        .get(token.as_slice())?
+                        .map(|v| LinkRow::decode(v.value()))
+                        .transpose()?;
+                    if row.is_none_or(|r| !r.usable(now, &members)) {
+                        dead.push(token);
+                    }
+                    Ok(true)
+                })?;
+                for token in dead {
+                    release(&mut links, &mut by_person, &mut lc, &person, &token)?;
+                }
+                count = person_link_count(&by_person, &person)?;
+            }
             if count >= MAX_LINKS_PER_PERSON {
                 return Err(RelayError::TooLarge(format!(
-                    "this person has {MAX_LINKS_PER_PERSON} links at this relay already"
+                    "this person has {MAX_LINKS_PER_PERSON} usable links at this relay already (revoke some)"
                 )));
             }
             let row = LinkRow {
@@ -256,7 +341,6 @@ impl RelayStore {
                 key2(person_bytes(&person), &link.token).as_slice(),
                 [].as_slice(),
             )?;
-            let mut lc = txn.open_table(LINK_CHUNKS)?;
             for c in &link.chunks {
                 lc.insert(key2(&link.token, chunk_bytes(c)).as_slice(), [].as_slice())?;
             }
@@ -290,6 +374,13 @@ impl RelayStore {
             }
             row.revoked = true;
             links.insert(token.as_slice(), row.encode().as_slice())?;
+            release(
+                &mut links,
+                &mut txn.open_table(PERSON_LINKS)?,
+                &mut txn.open_table(LINK_CHUNKS)?,
+                &person,
+                token,
+            )?;
         }
         txn.commit()?;
         Ok(())
@@ -311,7 +402,7 @@ impl RelayStore {
     /// and used-up links are errors.
     pub fn link_status(&self, token: &[u8; 16]) -> Result<LinkInfo, LinkError> {
         let row = self.live_row(token)?;
-        if row.max_downloads.is_some_and(|max| row.downloads >= max) {
+        if row.used_up() {
             return Err(LinkError::LimitReached);
         }
         Ok(LinkInfo { ok: true })
@@ -333,7 +424,7 @@ impl RelayStore {
             };
             row.check_live(now_ms())?;
             row.check_creator(&txn.open_table(MEMBERS)?)?;
-            if row.max_downloads.is_some_and(|max| row.downloads >= max) {
+            if row.used_up() {
                 return Err(LinkError::LimitReached);
             }
             row.check_access(access)?;

@@ -172,3 +172,79 @@ fn links_serve_their_own_chunks_to_the_access_token_within_their_limits() {
         c1.ciphertext
     );
 }
+
+#[test]
+fn the_link_limit_counts_only_links_that_still_work() {
+    use weft_relay::links::MAX_LINKS_PER_PERSON;
+    let dir = TempDir::new().unwrap();
+    let relay = RelayStore::open(dir.path(), StorageConfig::default()).unwrap();
+    let alice = person(&relay);
+    let folder = FolderId([2; 16]);
+    let secret = [3u8; 32];
+    let c = SealedChunk::seal(&secret, b"linked");
+    relay
+        .put_chunks(&alice.device, &folder, &[(c.id, c.ciphertext.clone())])
+        .unwrap();
+    let s = LinkSecrets::derive(&LinkKey::generate(), &LinkToken([0; 16]), None).unwrap();
+    let refused = |relay: &RelayStore| {
+        matches!(
+            relay.create_link(&alice.device, new_link(folder, vec![c.id], &s)),
+            Err(RelayError::TooLarge(_))
+        )
+    };
+
+    let mut once = new_link(folder, vec![c.id], &s);
+    once.max_downloads = Some(1);
+    let t_once = once.token;
+    relay.create_link(&alice.device, once).unwrap();
+    let mut plain = Vec::new();
+    for _ in 1..MAX_LINKS_PER_PERSON {
+        let l = new_link(folder, vec![c.id], &s);
+        plain.push(l.token);
+        relay.create_link(&alice.device, l).unwrap();
+    }
+    assert!(refused(&relay), "the limit holds while every link works");
+
+    // A used-up link stops counting; it still says why it does not work.
+    relay.link_record(&t_once, Some(&s.access)).unwrap();
+    relay
+        .create_link(&alice.device, new_link(folder, vec![c.id], &s))
+        .unwrap();
+    assert!(matches!(
+        relay.link_status(&t_once),
+        Err(LinkError::LimitReached)
+    ));
+    assert!(refused(&relay));
+
+    // A revoked one stops counting at once, and serves nothing.
+    relay.revoke_link(&alice.device, &plain[0]).unwrap();
+    let mut expired = new_link(folder, vec![c.id], &s);
+    expired.expires_ms = Some(1);
+    let t_expired = expired.token;
+    relay.create_link(&alice.device, expired).unwrap();
+    assert!(matches!(
+        relay.link_chunk(&plain[0], Some(&s.access), &c.id),
+        Err(LinkError::Revoked)
+    ));
+
+    // An expired one stops counting when the limit is reached.
+    relay
+        .create_link(&alice.device, new_link(folder, vec![c.id], &s))
+        .unwrap();
+    assert!(matches!(
+        relay.link_status(&t_expired),
+        Err(LinkError::Expired)
+    ));
+    assert!(refused(&relay));
+    // The links that work were never touched.
+    assert_eq!(
+        relay.link_chunk(&plain[1], Some(&s.access), &c.id).unwrap(),
+        c.ciphertext
+    );
+    assert_eq!(
+        relay
+            .link_record(plain.last().unwrap(), Some(&s.access))
+            .unwrap(),
+        vec![1, 2, 3]
+    );
+}
