@@ -531,11 +531,13 @@ fn relay_connected(st: &mut State, peer: PeerId) {
     rendezvous_round(st, peer);
 }
 
-/// The rendezvous namespace of this person's devices: derived from the person key, so
-/// a device finds its siblings' current addresses (and only looks up its own person).
+/// The rendezvous namespace of this person's devices: derived from the person's secret
+/// key, which only their devices hold, so a device finds its siblings' current
+/// addresses while nobody else (the relay, a person they share a folder with, anyone who
+/// knows the person id) can look up where this person's devices are.
 fn namespace(st: &State) -> Option<rendezvous::Namespace> {
-    let person = store(st).identity().person_id();
-    let h = blake3::derive_key("weft rendezvous namespace v1", &person.0.0);
+    let seed = store(st).identity().person.to_seed();
+    let h = blake3::derive_key("weft rendezvous namespace v2", &seed[..]);
     rendezvous::Namespace::new(format!("weft/{}", hex::encode(&h[..16]))).ok()
 }
 
