@@ -1365,4 +1365,37 @@ fn membership_decides_who_writes_and_only_the_owner_changes_it() {
     let c = Device::new("carol");
     relay.register(&c.cert()).unwrap();
     assert!(relay.membership_since(&c.id(), &fid, 0).is_err());
+
+    // Once Bob reaches his link limit (links into his own folder), the orphaned link
+    // makes room, and it stays revoked when he is made a member again.
+    use weft_relay::links::MAX_LINKS_PER_PERSON;
+    let own = b.seal(b"bob's own file");
+    relay
+        .put_chunks(&b.id(), &b.fid(), &[(own.id, own.ciphertext.clone())])
+        .unwrap();
+    let own_link = || weft_relay::links::NewLink {
+        token: weft_crypto::link::LinkToken::generate().0,
+        folder: b.fid(),
+        record: vec![2],
+        chunks: vec![own.id],
+        access_hash: secrets.access_hash(),
+        expires_ms: None,
+        max_downloads: None,
+    };
+    for _ in 1..MAX_LINKS_PER_PERSON {
+        relay.create_link(&b.id(), own_link()).unwrap();
+    }
+    relay.create_link(&b.id(), own_link()).unwrap();
+    assert!(matches!(
+        relay.create_link(&b.id(), own_link()),
+        Err(RelayError::TooLarge(_))
+    ));
+    let m4 = a.store.share(&a.folder, b.person(), Role::Editor).unwrap();
+    relay.put_membership(&a.id(), &fid, &[m4]).unwrap();
+    assert!(relay.may_read(&b.id(), &fid).unwrap());
+    assert!(matches!(relay.link_status(&token), Err(LinkError::Revoked)));
+    assert!(matches!(
+        relay.link_record(&token, Some(&secrets.access)),
+        Err(LinkError::Revoked)
+    ));
 }
