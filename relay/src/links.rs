@@ -202,14 +202,15 @@ fn person_link_count<T: ReadableTable<&'static [u8], &'static [u8]>>(
 }
 
 /// Lets a link that can no longer serve anything go: it stops counting against its
-/// person's limit and loses its chunk grants and sealed record. Its row stays, so the
-/// page still says why the link does not work (revoked, expired, used up).
+/// person's limit and loses its chunk grants and sealed record. Its row (when there is
+/// one) stays, so the page still says why the link does not work.
 fn release(
     links: &mut redb::Table<&[u8], &[u8]>,
     by_person: &mut redb::Table<&[u8], &[u8]>,
     link_chunks: &mut redb::Table<&[u8], &[u8]>,
     person: &PersonId,
     token: &[u8; 16],
+    row: Option<LinkRow>,
 ) -> Result<(), RelayError> {
     by_person.remove(key2(person_bytes(person), token).as_slice())?;
     let mut grants = Vec::new();
@@ -220,10 +221,6 @@ fn release(
     for k in grants {
         link_chunks.remove(k.as_slice())?;
     }
-    let row = links
-        .get(token.as_slice())?
-        .map(|v| LinkRow::decode(v.value()))
-        .transpose()?;
     if let Some(mut row) = row {
         row.record = Vec::new();
         // Expired and used-up stay so for ever; anything else (a creator who left the
@@ -310,15 +307,15 @@ impl RelayStore {
                         .get(token.as_slice())?
                         .map(|v| LinkRow::decode(v.value()))
                         .transpose()?;
-                    if row.is_none_or(|r| !r.usable(now, &members)) {
-                        dead.push(token);
+                    if row.as_ref().is_none_or(|r| !r.usable(now, &members)) {
+                        dead.push((token, row));
                     }
                     Ok(true)
                 })?;
-                for token in dead {
-                    release(&mut links, &mut by_person, &mut lc, &person, &token)?;
+                count -= dead.len();
+                for (token, row) in dead {
+                    release(&mut links, &mut by_person, &mut lc, &person, &token, row)?;
                 }
-                count = person_link_count(&by_person, &person)?;
             }
             if count >= MAX_LINKS_PER_PERSON {
                 return Err(RelayError::TooLarge(format!(
@@ -373,13 +370,13 @@ impl RelayStore {
                 });
             }
             row.revoked = true;
-            links.insert(token.as_slice(), row.encode().as_slice())?;
             release(
                 &mut links,
                 &mut txn.open_table(PERSON_LINKS)?,
                 &mut txn.open_table(LINK_CHUNKS)?,
                 &person,
                 token,
+                Some(row),
             )?;
         }
         txn.commit()?;
