@@ -19,7 +19,10 @@
 //!
 //! A file that changes while it is read (size, mtime or inode differ before and after,
 //! or the byte count is off) is read again, up to [`MAX_ATTEMPTS`] times, then skipped
-//! with a warning: a hash that does not match what was stored is never recorded.
+//! with a warning. A file written in the last seconds is also hashed as it is cut and
+//! read a second time: a rewrite in place within one timestamp tick leaves every stat
+//! equal while the bytes read mix two writes, and only the content can show it; the two
+//! reads must agree. A hash that does not match what was stored is never recorded.
 //! Every batch is one transaction, and pack data is synced before the transaction that
 //! references it commits, so a crash at any point leaves a consistent store; the next
 //! scan picks up what the interrupted one did not record.
@@ -388,9 +391,15 @@ fn cut_file(
             });
         }
     };
+    // A file written this recently may be rewritten in place within one timestamp tick,
+    // which no stat can see: its bytes are hashed as they are cut and read once more.
+    let mut check = written_lately(before.mtime_ns).then(blake3::Hasher::new);
     let mut idx = 0u32;
     let mut hung_up = false;
     let res = crate::chunker::cut_with::<_, std::io::Error>(buf, &f, |c| {
+        if let Some(h) = check.as_mut() {
+            h.update(c);
+        }
         let mut data = free.try_recv().unwrap_or_default();
         data.clear();
         // Room for the tag the worker appends when it seals this buffer in place.
@@ -418,9 +427,15 @@ fn cut_file(
             });
         }
     };
+    let mut same = bytes == before.size;
+    if let Some(first) = check
+        && same
+    {
+        same = hash_again(&f).ok() == Some(first.finalize());
+    }
     let after = f.metadata().ok().map(|m| Stat::of(&m));
     let on_path = std::fs::symlink_metadata(path).ok().map(|m| Stat::of(&m));
-    if after == Some(before) && on_path == Some(before) && bytes == before.size {
+    if same && after == Some(before) && on_path == Some(before) {
         Ok(FileAttempt::Stable {
             chunks: idx,
             stat: before,
@@ -428,6 +443,36 @@ fn cut_file(
         })
     } else {
         Ok(FileAttempt::Unstable { warn: None })
+    }
+}
+
+/// How close to now a file's mtime must be for its read to be checked by a second one:
+/// far more than any file system's timestamp tick, so a rewrite that kept the mtime
+/// cannot be missed, and small enough that a scan of files at rest never reads twice.
+const RECENT_NS: i64 = 2_000_000_000;
+
+fn written_lately(mtime_ns: i64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| {
+            i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+        });
+    now.saturating_sub(mtime_ns) < RECENT_NS
+}
+
+/// BLAKE3 of a file's bytes from its start, read once more.
+fn hash_again(f: &File) -> std::io::Result<blake3::Hash> {
+    use std::os::unix::fs::FileExt;
+    let mut h = blake3::Hasher::new();
+    let mut block = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = f.read_at(&mut block, at)?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&block[..n]);
+        at += n as u64;
     }
 }
 
