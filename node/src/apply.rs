@@ -18,7 +18,7 @@
 //! - conflict copies are written, then recorded by the next scan as files of this
 //!   device, so the copy survives whatever happens to the original.
 //!
-//! Memory: at most [`WINDOW`] chunks are in flight per file.
+//! Memory: at most [`WINDOW`] chunks, about [`WINDOW_BYTES`], are in flight per file.
 use crate::NodeError;
 use crate::Shared;
 use crate::node::{Cmd, NodeConfig};
@@ -39,6 +39,9 @@ use weft_store::sync::Action;
 
 /// Chunks requested ahead of the one being written.
 pub const WINDOW: usize = 16;
+/// Bytes requested ahead, at most (one chunk more when a chunk is larger): sixteen of
+/// the largest ordinary chunks, four of a file over 4 GiB.
+pub const WINDOW_BYTES: u64 = 4 << 20;
 
 /// Wakes a folder worker.
 #[derive(Clone, Default)]
@@ -951,8 +954,12 @@ fn assemble(
         }
         Ok(Source::Fetch(fetch(cmds, c)?))
     };
-    while next < chunks.len() && queue.len() < WINDOW {
+    // Bytes of the chunks in `queue`.
+    let mut ahead = 0u64;
+    let room = |queue: &VecDeque<_>, ahead: u64| queue.len() < WINDOW && ahead < WINDOW_BYTES;
+    while next < chunks.len() && room(&queue, ahead) {
         queue.push_back((next, request(next, &mut at, prefetch)?));
+        ahead += u64::from(chunks[next].len);
         next += 1;
     }
     let mut writeback = Writeback::default();
@@ -986,8 +993,10 @@ fn assemble(
         at.entry(c.id).or_insert(None).get_or_insert(offset);
         offset += pt.len() as u64;
         writeback.wrote(&f, pt.len());
-        if next < chunks.len() {
+        ahead = ahead.saturating_sub(u64::from(c.len));
+        while next < chunks.len() && room(&queue, ahead) {
             queue.push_back((next, request(next, &mut at, prefetch)?));
+            ahead += u64::from(chunks[next].len);
             next += 1;
         }
         prefetch.pump(shared, cmds)?;

@@ -34,9 +34,10 @@ pub const MAX_BATCH_CHUNKS: usize = 32;
 pub const MAX_BATCH_BYTES: usize = 512 << 10;
 /// Largest chunk request: [`MAX_BATCH_CHUNKS`] ids plus framing.
 pub const MAX_CHUNK_REQUEST: usize = 2048;
-/// Largest chunk answer: just under [`MAX_BATCH_BYTES`], one more sealed chunk of at
-/// most 256 KiB, and framing.
-pub const MAX_CHUNK_MESSAGE: usize = MAX_BATCH_BYTES + (256 << 10) + 4096;
+/// Largest chunk answer: just under [`MAX_BATCH_BYTES`], one more sealed chunk of the
+/// largest size (4 MiB, a file over 4 GiB: `weft_store::chunker::LARGE`), and framing.
+pub const MAX_CHUNK_MESSAGE: usize =
+    MAX_BATCH_BYTES + weft_store::chunker::MAX_CHUNK + weft_crypto::chunk::CHUNK_OVERHEAD + 4096;
 /// Largest pairing message.
 pub const MAX_PAIR_MESSAGE: usize = 1 << 20;
 
@@ -831,8 +832,12 @@ mod tests {
     /// so either side may be the older code; and it reads back the same both ways.
     #[tokio::test]
     async fn chunk_answers_keep_the_postcard_layout() {
+        // The fullest answer a server builds: chunks up to the batch size, then one of
+        // the largest kind (a file over 4 GiB).
+        let largest = weft_store::chunker::MAX_CHUNK + weft_crypto::chunk::CHUNK_OVERHEAD;
         let cases = [
             answer(&[400_000, 100_000]),
+            answer(&[MAX_BATCH_BYTES - 1, largest]),
             answer(&[]),
             answer(&[1, 127, 128, 16_384]),
             ChunkResponse::Chunks(vec![

@@ -82,8 +82,9 @@ use weft_crypto::{ChunkId, DeviceCertificate, DeviceId, FolderId, Hash, PersonId
 use weft_store::log::{Entry, MAX_ENTRY_LEN, check_chain};
 use weft_store::members::{Membership, MembershipEntry, Role};
 
-/// The largest blob: a 256 KiB chunk (the chunker's maximum) plus its 16-byte tag.
-pub const MAX_BLOB_LEN: usize = (256 << 10) + 16;
+/// The largest blob: the chunker's largest chunk (4 MiB, of a file over 4 GiB) plus its
+/// 16-byte tag.
+pub const MAX_BLOB_LEN: usize = weft_store::chunker::MAX_CHUNK + weft_crypto::chunk::CHUNK_OVERHEAD;
 /// Most chunk ids one [`RelayStore::missing_chunks`] call (or tips one
 /// [`RelayStore::entries_since`] call) may name.
 pub const MAX_IDS: usize = 4096;

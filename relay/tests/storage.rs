@@ -12,7 +12,8 @@ use weft_crypto::{
     ChunkId, DeviceCertificate, DeviceId, FolderId, Hash, PersonId, SealedChunk, SecretKey,
 };
 use weft_relay::storage::{
-    MAX_BLOB_LEN, MAX_IDS, MAX_PUT_CHUNKS, PutEntries, RelayError, RelayStore, Stats, StorageConfig,
+    MAX_BLOB_LEN, MAX_IDS, MAX_PUT_CHUNK_BYTES, MAX_PUT_CHUNKS, PutEntries, RelayError, RelayStore,
+    Stats, StorageConfig,
 };
 use weft_store::db::FolderRecord;
 use weft_store::log::{Entry, EntryHeader, EntryKind, FORMAT, Op};
@@ -885,8 +886,8 @@ fn limits_are_refused_before_any_work() {
         relay.put_chunks(&a.id(), &fid, &[(ChunkId::of(&big), big.clone())]),
         Err(RelayError::TooLarge(_))
     ));
-    // 64 chunks of the largest size are over the per-call byte limit.
-    let fat: Vec<(ChunkId, Vec<u8>)> = (0..MAX_PUT_CHUNKS)
+    // Chunks of the largest size, within the count, are over the per-call byte limit.
+    let fat: Vec<(ChunkId, Vec<u8>)> = (0..MAX_PUT_CHUNK_BYTES / MAX_BLOB_LEN + 1)
         .map(|i| {
             let b = vec![i as u8; MAX_BLOB_LEN];
             (ChunkId::of(&b), b)

@@ -28,6 +28,8 @@ pub struct HistoryItem {
     pub kind: &'static str,
     /// Size of a file version.
     pub size: Option<u64>,
+    /// How many chunks a file version is cut into, when its manifest is here.
+    pub chunks: Option<usize>,
     /// The author device's id.
     pub author: String,
     /// The author device's name, when known.
@@ -141,6 +143,7 @@ impl Store {
                     time_ms: rec.time_ms,
                     kind,
                     size,
+                    chunks: rec.manifest.as_ref().map(|m| m.chunks.len()),
                     author: rec.version.id.author.to_string(),
                     author_name,
                     current: rec.superseded_ms.is_none(),

@@ -22,9 +22,9 @@ pub const FORMAT: u8 = 1;
 /// It must fit one sync message (`node::protocol::MAX_SYNC_MESSAGE`).
 pub const MAX_ENTRY_LEN: usize = 8 << 20;
 /// The most chunks one file's manifest may list: at ~70 bytes a chunk reference it
-/// fits an entry, and at the 64 KiB average chunk it is a file of about 6.7 GiB.
-/// A larger file is skipped with a warning (manifests split across entries would
-/// lift this).
+/// fits an entry. Files over 4 GiB are cut into chunks of 1 MiB on average
+/// ([`crate::chunker::LARGE`]), so this is a file of about 100 GiB; a larger one is
+/// skipped with a warning (manifests split across entries would lift this).
 pub const MAX_MANIFEST_CHUNKS: usize = 100_000;
 const SIG_CONTEXT: &str = "log-entry";
 
@@ -250,6 +250,18 @@ impl WireManifest {
                 }
             }
         };
+        if m.chunks.len() > MAX_MANIFEST_CHUNKS {
+            return Err(StoreError::decode("manifest", "lists too many chunks"));
+        }
+        if m.chunks
+            .iter()
+            .any(|c| c.len == 0 || c.len as usize > crate::chunker::MAX_CHUNK)
+        {
+            return Err(StoreError::decode(
+                "manifest",
+                "a chunk is empty or larger than any chunk weft cuts",
+            ));
+        }
         let total: u64 = m.chunks.iter().map(|c| u64::from(c.len)).sum();
         if total != m.size {
             return Err(StoreError::decode(
@@ -659,6 +671,23 @@ mod tests {
         assert!(w.resolve(|_, _| Ok(other.clone())).is_err());
         let short = manifest((0..10).map(|i| chunk(i, 1000)).collect());
         assert!(w.resolve(|_, _| Ok(short.clone())).is_err());
+    }
+
+    #[test]
+    fn a_manifest_with_an_impossible_chunk_is_refused() {
+        let no_base = |_: &RelPath, _: &VersionId| -> Result<Manifest> { unreachable!() };
+        let largest = crate::chunker::MAX_CHUNK as u32;
+        let ok = manifest(vec![chunk(1, largest), chunk(2, 1)]);
+        assert!(WireManifest::encode(&ok, None).resolve(no_base).is_ok());
+        for bad in [
+            manifest(vec![chunk(1, largest + 1)]),
+            manifest(vec![chunk(1, 10), chunk(2, 0)]),
+        ] {
+            let err = WireManifest::encode(&bad, None)
+                .resolve(no_base)
+                .expect_err("refused");
+            assert!(err.to_string().contains("larger than any chunk"), "{err}");
+        }
     }
 
     #[test]

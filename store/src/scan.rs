@@ -351,6 +351,54 @@ enum Msg {
     },
 }
 
+/// Plaintext bytes cut but not yet written, at most: a dozen chunks of the largest
+/// kind, more than the channels hold of ordinary ones, so only large chunks wait on it.
+const IN_FLIGHT_BYTES: usize = 16 << 20;
+/// The largest chunk buffer handed back for reuse.
+const POOLED_BUFFER: usize = crate::chunker::SMALL.max + weft_crypto::chunk::CHUNK_OVERHEAD;
+
+/// Counts the bytes between the cutter and the writer; the cutter waits when they
+/// would pass the bound. Closed when the writer stops, so the cutter never waits for
+/// a writer that is gone.
+struct Budget {
+    state: std::sync::Mutex<(usize, bool)>,
+    freed: std::sync::Condvar,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Budget {
+        Budget {
+            state: std::sync::Mutex::new((bytes, false)),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Takes `n` bytes (at most the bound), waiting for them; `Err` once closed.
+    fn take(&self, n: usize) -> std::result::Result<(), ()> {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while g.0 < n && !g.1 {
+            g = self.freed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        if g.1 {
+            return Err(());
+        }
+        g.0 -= n;
+        Ok(())
+    }
+
+    fn give(&self, n: usize) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += n;
+        self.freed.notify_one();
+    }
+
+    fn close(&self) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 = true;
+        self.freed.notify_all();
+    }
+}
+
 struct Job {
     file: usize,
     idx: u32,
@@ -374,6 +422,7 @@ fn cut_file(
     file_no: usize,
     jobs: &Sender<Job>,
     free: &Receiver<Vec<u8>>,
+    budget: &Budget,
 ) -> std::result::Result<FileAttempt, ()> {
     let f = match File::open(path) {
         Ok(f) => f,
@@ -396,11 +445,16 @@ fn cut_file(
     let mut check = written_lately(before.mtime_ns).then(blake3::Hasher::new);
     let mut idx = 0u32;
     let mut hung_up = false;
-    let res = crate::chunker::cut_with::<_, std::io::Error>(buf, &f, |c| {
+    let params = crate::chunker::params_for(before.size);
+    let res = crate::chunker::cut_with::<_, std::io::Error>(buf, params, &f, |c| {
         if let Some(h) = check.as_mut() {
             h.update(c);
         }
         let mut data = free.try_recv().unwrap_or_default();
+        budget.take(c.len()).map_err(|()| {
+            hung_up = true;
+            std::io::Error::other("writer stopped")
+        })?;
         data.clear();
         // Room for the tag the worker appends when it seals this buffer in place.
         data.reserve(c.len() + weft_crypto::chunk::CHUNK_OVERHEAD);
@@ -635,7 +689,10 @@ impl<'a> Writer<'a> {
 
 /// An upper bound on the chunks of a file of `size` bytes.
 fn chunk_bound(size: u64) -> usize {
-    1 + (size / crate::chunker::MIN_CHUNK as u64) as usize
+    let bound = 1 + size / crate::chunker::params_for(size).min as u64;
+    usize::try_from(bound).map_or(crate::log::MAX_MANIFEST_CHUNKS, |b| {
+        b.min(crate::log::MAX_MANIFEST_CHUNKS)
+    })
 }
 
 /// Operations gathered for the next entry.
@@ -965,6 +1022,7 @@ impl Store {
         // fault per 4 KiB each time (the allocator hands large blocks back to the
         // system). Bounded: at most this many wait, whatever the file size.
         let free = bounded::<Vec<u8>>(workers * 4 + 32);
+        let budget = Budget::new(IN_FLIGHT_BYTES);
         let secret = *writer.keys.convergence_secret();
         std::thread::scope(|s| -> Result<()> {
             for _ in 0..workers {
@@ -976,13 +1034,15 @@ impl Store {
             {
                 let msg_tx = msg_tx.clone();
                 let free = free.1.clone();
-                s.spawn(move || cutter(root, to_read, job_tx, msg_tx, &free));
+                let budget = &budget;
+                s.spawn(move || cutter(root, to_read, job_tx, msg_tx, &free, budget));
             }
             drop(msg_tx);
             let res = self.collect(
-                to_read, index, writer, deleted, by_hash, progress, &msg_rx, &free.0,
+                to_read, index, writer, deleted, by_hash, progress, &msg_rx, &free.0, &budget,
             );
             // On error, hang up so the cutter and workers stop.
+            budget.close();
             drop(msg_rx);
             res
         })
@@ -999,6 +1059,7 @@ impl Store {
         progress: &dyn Progress,
         msgs: &Receiver<Msg>,
         free: &Sender<Vec<u8>>,
+        budget: &Budget,
     ) -> Result<()> {
         let mut pending: HashMap<usize, Pending> = HashMap::new();
         let mut which: HashMap<usize, usize> = HashMap::new();
@@ -1007,7 +1068,12 @@ impl Store {
                 Msg::Chunk { file, idx, sealed } => {
                     writer.put_chunk(&sealed)?;
                     progress.advance(u64::from(sealed.len));
-                    let _ = free.try_send(sealed.ciphertext);
+                    budget.give(sealed.len as usize);
+                    // Only buffers of ordinary chunks are kept: a few dozen of the
+                    // largest would hold more memory than the whole pipeline may.
+                    if sealed.ciphertext.capacity() <= POOLED_BUFFER {
+                        let _ = free.try_send(sealed.ciphertext);
+                    }
                     let p = pending.entry(file).or_insert_with(|| Pending {
                         chunks: Vec::new(),
                         got: 0,
@@ -1118,6 +1184,7 @@ fn cutter(
     jobs: Sender<Job>,
     out: Sender<Msg>,
     free: &Receiver<Vec<u8>>,
+    budget: &Budget,
 ) {
     let mut attempt_no = 0usize;
     let mut buf = crate::chunker::Buffer::new();
@@ -1126,7 +1193,7 @@ fn cutter(
         for n in 1..=MAX_ATTEMPTS {
             let file_no = attempt_no;
             attempt_no += 1;
-            let Ok(mut attempt) = cut_file(&mut buf, &full, file_no, &jobs, free) else {
+            let Ok(mut attempt) = cut_file(&mut buf, &full, file_no, &jobs, free, budget) else {
                 return;
             };
             let retry = matches!(attempt, FileAttempt::Unstable { .. }) && n < MAX_ATTEMPTS;
