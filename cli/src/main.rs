@@ -315,7 +315,23 @@ enum FolderCmd {
     List,
 }
 
+/// Buffers of a megabyte or more (chunks of files over 4 GiB, large frames) are
+/// mapped and unmapped on their own instead of coming from glibc's arenas: by default
+/// the arenas of the many threads that handle chunks each kept several freed
+/// megabytes, and a node syncing a 4 GiB file peaked at ~100 MiB instead of ~45 MiB.
+/// The project's one `unsafe`: glibc has no safe binding for this setting.
+#[allow(unsafe_code)]
+fn bound_malloc_retention() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator setting; called before any other thread
+    // exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() {
+    bound_malloc_retention();
     let cli = Cli::parse();
     let default_filter = if matches!(cli.cmd, Cmd::Up { .. }) {
         "weft_node=info,weft_store=warn,warn"
