@@ -123,8 +123,10 @@ fn a_file_rewritten_in_place_during_a_scan_is_never_recorded_torn() {
     env.init_and_add();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let rewrites = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let writer = {
         let stop = stop.clone();
+        let rewrites = rewrites.clone();
         let path = env.path("inplace.bin");
         std::thread::spawn(move || {
             let f = std::fs::File::options()
@@ -137,11 +139,18 @@ fn a_file_rewritten_in_place_during_a_scan_is_never_recorded_torn() {
                 fill = fill.wrapping_add(1).max(1);
                 f.write_all_at(&vec![fill; SIZE], 0).expect("rewrite");
                 rounds += 1;
+                rewrites.store(rounds, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(3));
             }
             fill
         })
     };
+    // The scan starts once the file has changed (else it may run before the writer
+    // and, rightly, find nothing to read).
+    let t0 = std::time::Instant::now();
+    while rewrites.load(Ordering::Relaxed) < 2 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let r = env.run(["--json", "scan"]);
     stop.store(true, Ordering::Relaxed);
     let last_fill = writer.join().expect("writer");
