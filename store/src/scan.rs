@@ -485,7 +485,7 @@ fn cut_file(
     if let Some(first) = check
         && same
     {
-        same = hash_again(&f).ok() == Some(first.finalize());
+        same = hash_again(&f, before.size).ok() == Some(first.finalize());
     }
     let after = f.metadata().ok().map(|m| Stat::of(&m));
     let on_path = std::fs::symlink_metadata(path).ok().map(|m| Stat::of(&m));
@@ -501,8 +501,9 @@ fn cut_file(
 }
 
 /// How close to now a file's mtime must be for its read to be checked by a second one:
-/// far more than any file system's timestamp tick, so a rewrite that kept the mtime
-/// cannot be missed, and small enough that a scan of files at rest never reads twice.
+/// far more than any file system's timestamp tick, so a rewrite that kept the mtime is
+/// caught (unless a single write call spans both reads, which nothing in user space can
+/// see), and small enough that a scan of files at rest never reads twice.
 const RECENT_NS: i64 = 2_000_000_000;
 
 fn written_lately(mtime_ns: i64) -> bool {
@@ -514,11 +515,13 @@ fn written_lately(mtime_ns: i64) -> bool {
     now.saturating_sub(mtime_ns) < RECENT_NS
 }
 
-/// BLAKE3 of a file's bytes from its start, read once more.
-fn hash_again(f: &File) -> std::io::Result<blake3::Hash> {
+/// BLAKE3 of a file's bytes from its start, read once more (`size`: what it should
+/// hold, for the buffer's size).
+fn hash_again(f: &File, size: u64) -> std::io::Result<blake3::Hash> {
     use std::os::unix::fs::FileExt;
     let mut h = blake3::Hasher::new();
-    let mut block = vec![0u8; 1 << 20];
+    let len = usize::try_from(size).map_or(1 << 20, |s| s.saturating_add(1).min(1 << 20));
+    let mut block = vec![0u8; len];
     let mut at = 0u64;
     loop {
         let n = f.read_at(&mut block, at)?;
