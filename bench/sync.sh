@@ -12,8 +12,9 @@
 #   --only LIST          comma-separated subset of sync,latency,w3 (default: all)
 #   --timeout S          bound on each sync wait (default 600)
 #   --latency-samples N  samples of the 1 KiB latency figure (default 10)
-#   --port-base P        fixed ports P+1..P+21 on 127.0.0.1 (default 29100: below the
-#                        ephemeral range, so no outgoing connection takes them; checked free)
+#   --port-base P        fixed ports P+1..P+599 on 127.0.0.1, a block of 30 per pair (default
+#                        29100: below the ephemeral range, so no outgoing connection takes
+#                        them; checked free)
 #   --no-build           use target/release/weft as it is
 #   --sets LIST          comma-separated subset of W1,W2 for the sync-time figure (default: both)
 #

@@ -431,6 +431,13 @@ class Ctx:
         os.makedirs(d)
         return d
 
+    def pair_ports(self) -> int:
+        """Base of the block of 30 ports the pair made last (by pair_dir) uses: each of
+        the first 20 pairs gets its own, so no run waits for ports a previous run's
+        processes or connections still hold (Syncthing dials from its listen port, and
+        those connections linger in TIME_WAIT after it exits)."""
+        return self.port + 30 * ((self.seq - 1) % 20)
+
 
 class Pair:
     tool = "?"
@@ -465,7 +472,8 @@ class WeftPair(Pair):
         self.hb = os.path.join(self.dir, "home-b")
         self.src = os.path.join(self.dir, "a", "share")
         self.bparent = os.path.join(self.dir, "b")
-        self.pa_port, self.pb_port = ctx.port + 1, ctx.port + 2
+        base = ctx.pair_ports()
+        self.pa_port, self.pb_port = base + 1, base + 2
         self.loga = os.path.join(ctx.logs, f"{os.path.basename(self.dir)}-a.log")
         self.logb = os.path.join(ctx.logs, f"{os.path.basename(self.dir)}-b.log")
         self.pa = self.pb = None
@@ -561,6 +569,7 @@ class SyncthingPair(Pair):
         self.dir = ctx.pair_dir("syncthing", tag)
         self.src = os.path.join(self.dir, "a", "share")
         self.dst = os.path.join(self.dir, "b", "share")
+        self.ports = ctx.pair_ports()
         self.sides = {}
         self.scan_thread = None
         self.scan_error = None
@@ -570,7 +579,7 @@ class SyncthingPair(Pair):
         os.makedirs(self.dst)
         for i, side in enumerate(("A", "B")):
             home = os.path.join(self.dir, f"home-{side.lower()}")
-            lport, gport = self.ctx.port + 11 + 2 * i, self.ctx.port + 12 + 2 * i
+            lport, gport = self.ports + 11 + 2 * i, self.ports + 12 + 2 * i
             free_port_check(lport)
             free_port_check(gport)
             apikey = "weftbench" + os.urandom(12).hex()
@@ -700,7 +709,7 @@ class RsyncPair(Pair):
         self.dir = ctx.pair_dir("rsync", tag)
         self.src = os.path.join(self.dir, "a", "share")
         self.dst = os.path.join(self.dir, "b", "share")
-        self.port = ctx.port + 21
+        self.port = ctx.pair_ports() + 21
         self.log = os.path.join(ctx.logs, f"{os.path.basename(self.dir)}-daemon.log")
         self.daemon = None
         self.client = None
