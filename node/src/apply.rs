@@ -33,6 +33,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{info, warn};
 use weft_crypto::{ChunkId, FolderId, Hash, SealedChunk};
 use weft_store::db::{FolderRecord, IndexKind, IndexRow};
+use weft_store::locs::WrittenFile;
 use weft_store::model::{ChunkRef, Manifest, RelPath, VersionId};
 use weft_store::scan::{NoProgress, TEMP_DIR};
 use weft_store::sync::Action;
@@ -215,7 +216,7 @@ fn round(
                 Ok(Some(a)) => {
                     batch.push(action, a);
                     if batch.is_full() {
-                        batch.flush(shared, &folder, &mut tally);
+                        batch.send_behind(shared, &folder, &mut tally);
                     }
                 }
                 Ok(None) => tally.record(shared, &folder, &action, Ok(false)),
@@ -348,9 +349,36 @@ const FSYNC_THREADS: usize = 4;
 /// many-small-files sync, waiting on the disk); run side by side, the file system
 /// commits them together. Each file is still fsynced before it is renamed into place,
 /// and renamed only if the disk still matches the index at that moment.
+///
+/// A full batch is not waited for: its fsyncs run on their threads while the worker
+/// assembles the next batch, and it is renamed and indexed, in plan order, when that
+/// next batch is full or anything else must happen first ([`FsyncBatch::flush`]). So
+/// at most two batches are open at once, and the worker does not sit idle while the
+/// disk commits.
 #[derive(Default)]
 struct FsyncBatch {
     files: Vec<(Action, Assembled)>,
+    /// The batch before, whose fsyncs are running, and the content hashes it holds.
+    syncing: Vec<FsyncPart>,
+    syncing_hashes: Vec<Hash>,
+}
+
+/// Files of a batch with the outcome of their fsyncs, in plan order.
+type Synced = Vec<((Action, Assembled), std::io::Result<()>)>;
+
+/// One thread's share of a batch's fsyncs; `Done` when it ran on the worker itself.
+enum FsyncPart {
+    Running(std::thread::JoinHandle<Synced>, usize),
+    Done(Synced),
+}
+
+fn fsync_all(part: Vec<(Action, Assembled)>) -> Synced {
+    part.into_iter()
+        .map(|(action, a)| {
+            let synced = a.unsynced.as_ref().map_or(Ok(()), |f| f.sync_all());
+            ((action, a), synced)
+        })
+        .collect()
 }
 
 impl FsyncBatch {
@@ -367,7 +395,7 @@ impl FsyncBatch {
 
     /// Whether a file of this content waits here (in the temporary file named by it).
     fn holds(&self, hash: &Hash) -> bool {
-        self.manifests().any(|m| m.hash == *hash)
+        self.syncing_hashes.contains(hash) || self.manifests().any(|m| m.hash == *hash)
     }
 
     fn is_full(&self) -> bool {
@@ -375,70 +403,132 @@ impl FsyncBatch {
             || self.manifests().map(|m| m.size).sum::<u64>() >= BATCH_BYTES
     }
 
-    /// Fsyncs every waiting file, then renames and indexes each in plan order.
-    fn flush(&mut self, shared: &Shared, folder: &FolderRecord, tally: &mut Tally) {
-        let files = std::mem::take(&mut self.files);
+    /// Finishes the batch before, then starts this one's fsyncs and returns at once.
+    fn send_behind(&mut self, shared: &Shared, folder: &FolderRecord, tally: &mut Tally) {
+        self.finish_syncing(shared, folder, tally);
+        let mut files = std::mem::take(&mut self.files);
         if files.is_empty() {
             return;
         }
+        self.syncing_hashes = files
+            .iter()
+            .filter_map(|(a, _)| match a {
+                Action::WriteFile { manifest, .. } => Some(manifest.hash),
+                _ => None,
+            })
+            .collect();
         let per_thread = files.len().div_ceil(FSYNC_THREADS);
-        let synced: Vec<std::io::Result<()>> = std::thread::scope(|s| {
-            let parts: Vec<_> = files
-                .chunks(per_thread)
-                .map(|part| {
-                    let h = s.spawn(move || {
-                        part.iter()
-                            .map(|(_, a)| a.unsynced.as_ref().map_or(Ok(()), |f| f.sync_all()))
-                            .collect::<Vec<_>>()
-                    });
-                    (part.len(), h)
-                })
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|(n, h)| {
-                    h.join().unwrap_or_else(|_| {
-                        (0..n)
-                            .map(|_| Err(std::io::Error::other("fsync thread panicked")))
-                            .collect()
-                    })
-                })
-                .collect()
-        });
-        // Each directory a file was renamed into is fsynced once, after the batch.
-        let mut renamed_into: Vec<Option<RelPath>> = Vec::new();
-        for ((action, a), synced) in files.into_iter().zip(synced) {
-            let Action::WriteFile {
-                path,
-                version,
-                manifest,
-                conflict_of,
-            } = &action
-            else {
-                continue;
-            };
-            let res = match synced {
-                Ok(()) => finish_file(
-                    shared,
-                    folder,
-                    path,
-                    *version,
-                    manifest,
-                    conflict_of.as_ref(),
-                    a,
-                ),
+        while !files.is_empty() {
+            let rest = files.split_off(per_thread.min(files.len()));
+            let part = std::mem::replace(&mut files, rest);
+            let n = part.len();
+            // The thread is started first and given its part after: if it cannot be
+            // started, the part is still here and is fsynced on the worker instead.
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<(Action, Assembled)>>();
+            let spawned = std::thread::Builder::new()
+                .name("weft-fsync".into())
+                .spawn(move || rx.recv().map(fsync_all).unwrap_or_default());
+            match spawned {
+                Ok(h) => match tx.send(part) {
+                    Ok(()) => self.syncing.push(FsyncPart::Running(h, n)),
+                    Err(std::sync::mpsc::SendError(part)) => {
+                        self.syncing.push(FsyncPart::Done(fsync_all(part)))
+                    }
+                },
                 Err(e) => {
-                    let _ = std::fs::remove_file(&a.tmp);
-                    Err(io_err(&a.tmp)(e))
-                }
-            };
-            if let Ok(true) = res {
-                let dir = path.parent();
-                if !renamed_into.contains(&dir) {
-                    renamed_into.push(dir);
+                    warn!("cannot start an fsync thread ({e}); fsyncing on the worker");
+                    self.syncing.push(FsyncPart::Done(fsync_all(part)));
                 }
             }
-            tally.record(shared, folder, &action, res);
+        }
+    }
+
+    /// Fsyncs, renames and indexes everything waiting, in plan order.
+    fn flush(&mut self, shared: &Shared, folder: &FolderRecord, tally: &mut Tally) {
+        self.send_behind(shared, folder, tally);
+        self.finish_syncing(shared, folder, tally);
+    }
+
+    /// Waits for the batch before's fsyncs, then renames and indexes each file in plan
+    /// order; each directory a file was renamed into is fsynced once, after the batch.
+    fn finish_syncing(&mut self, shared: &Shared, folder: &FolderRecord, tally: &mut Tally) {
+        self.syncing_hashes.clear();
+        let parts = std::mem::take(&mut self.syncing);
+        if parts.is_empty() {
+            return;
+        }
+        let mut renamed_into: Vec<Option<RelPath>> = Vec::new();
+        // Each file is renamed into place in plan order; those that are then recorded
+        // all go into one transaction, and count as done once it committed.
+        let mut placed: Vec<(Action, Option<IndexRow>, IndexRow)> = Vec::new();
+        for part in parts {
+            let synced = match part {
+                FsyncPart::Done(synced) => synced,
+                FsyncPart::Running(h, n) => h.join().unwrap_or_else(|_| {
+                    // Their temporary files stay; the next round assembles them again.
+                    warn!("an fsync thread panicked; {n} files are left for the next round");
+                    Vec::new()
+                }),
+            };
+            for ((action, a), synced) in synced {
+                let Action::WriteFile {
+                    path,
+                    version,
+                    manifest,
+                    conflict_of,
+                } = &action
+                else {
+                    continue;
+                };
+                let res = match synced {
+                    Ok(()) => place_file(
+                        shared,
+                        folder,
+                        path,
+                        *version,
+                        manifest,
+                        conflict_of.as_ref(),
+                        a,
+                    ),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&a.tmp);
+                        Err(io_err(&a.tmp)(e))
+                    }
+                };
+                if matches!(res, Ok(Placed::Copy | Placed::File { .. })) {
+                    let dir = path.parent();
+                    if !renamed_into.contains(&dir) {
+                        renamed_into.push(dir);
+                    }
+                }
+                match res {
+                    Ok(Placed::File { old, row }) => placed.push((action, old, row)),
+                    Ok(Placed::Copy) => tally.record(shared, folder, &action, Ok(true)),
+                    Ok(Placed::Skipped) => tally.record(shared, folder, &action, Ok(false)),
+                    Err(e) => tally.record(shared, folder, &action, Err(e)),
+                }
+            }
+        }
+        let written: Vec<WrittenFile<'_>> = placed
+            .iter()
+            .filter_map(|(action, old, row)| match action {
+                Action::WriteFile { path, manifest, .. } => Some(WrittenFile {
+                    path,
+                    old: old.clone(),
+                    manifest,
+                    row: row.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let recorded = shared.store.record_written(&folder.id, &written);
+        drop(written);
+        if let Err(e) = &recorded {
+            // The files are in place; the next round's scan finds them.
+            warn!(folder = %folder.name, "cannot index {} files just written: {e}", placed.len());
+        }
+        for (action, _, _) in placed {
+            tally.record(shared, folder, &action, Ok(recorded.is_ok()));
         }
         let root = folder.root_path();
         for dir in &renamed_into {
@@ -784,8 +874,8 @@ fn prepare_file(
     }
 }
 
-/// The second half of [`write_file`], once the temporary file is on disk: renames it
-/// into place if nothing changed there meanwhile, and indexes it.
+/// The second half of [`write_file`]: renames the assembled file into place if the
+/// disk still matches the index, and records it (locations and index row).
 fn finish_file(
     shared: &Shared,
     folder: &FolderRecord,
@@ -795,43 +885,85 @@ fn finish_file(
     conflict_of: Option<&RelPath>,
     a: Assembled,
 ) -> Result<bool, NodeError> {
+    match place_file(shared, folder, path, version, manifest, conflict_of, a)? {
+        Placed::Skipped => Ok(false),
+        Placed::Copy => Ok(true),
+        Placed::File { old, row } => {
+            shared.store.record_written(
+                &folder.id,
+                &[WrittenFile {
+                    path,
+                    old,
+                    manifest,
+                    row,
+                }],
+            )?;
+            Ok(true)
+        }
+    }
+}
+
+/// What [`place_file`] did.
+// Lives for a moment on the worker's stack or in one batch's list: boxing the rows
+// would only add an allocation per file.
+#[allow(clippy::large_enum_variant)]
+enum Placed {
+    /// Nothing: the disk changed meanwhile (the temporary file is removed).
+    Skipped,
+    /// A conflict copy is in place; the next scan records it.
+    Copy,
+    /// The file is in place; its index row and locations are still to be recorded.
+    File {
+        old: Option<IndexRow>,
+        row: IndexRow,
+    },
+}
+
+/// Renames an assembled file into place, last checking right before the rename that
+/// nothing changed there meanwhile.
+fn place_file(
+    shared: &Shared,
+    folder: &FolderRecord,
+    path: &RelPath,
+    version: VersionId,
+    manifest: &Manifest,
+    conflict_of: Option<&RelPath>,
+    a: Assembled,
+) -> Result<Placed, NodeError> {
     let store = &shared.store;
     let target = path.to_path(&folder.root_path());
     let tmp = a.tmp;
-    // Last check right before the rename: nothing changed here meanwhile.
     let row = store.index_row(&folder.id, path)?;
     if a.replaces_dir {
         if std::fs::remove_dir(&target).is_err() && target.exists() {
             let _ = std::fs::remove_file(&tmp);
-            return Ok(false);
+            return Ok(Placed::Skipped);
         }
     } else if !disk_matches(&target, row.as_ref())? {
         let _ = std::fs::remove_file(&tmp);
-        return Ok(false);
+        return Ok(Placed::Skipped);
     }
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
-    if conflict_of.is_none() {
-        store.replace_locs(&folder.id, path, row.as_ref(), Some(manifest))?;
-        let m = std::fs::symlink_metadata(&target).map_err(io_err(&target))?;
-        store.set_index_row(
-            &folder.id,
-            path,
-            Some(&IndexRow {
-                kind: IndexKind::File,
-                size: m.len(),
-                mtime_ns: mtime_ns(&m),
-                inode: m.ino(),
-                dev: m.dev(),
-                executable: manifest.executable,
-                hash: manifest.hash,
-                version,
-            }),
-        )?;
+    if conflict_of.is_some() {
+        return Ok(Placed::Copy);
     }
-    Ok(true)
+    let m = std::fs::symlink_metadata(&target).map_err(io_err(&target))?;
+    Ok(Placed::File {
+        old: row,
+        row: IndexRow {
+            kind: IndexKind::File,
+            size: m.len(),
+            mtime_ns: mtime_ns(&m),
+            inode: m.ino(),
+            dev: m.dev(),
+            executable: manifest.executable,
+            hash: manifest.hash,
+            version,
+        },
+    })
 }
 
 /// Where the file of `manifest` is assembled in `root`'s folder: named by its content,
