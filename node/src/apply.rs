@@ -514,15 +514,14 @@ impl FsyncBatch {
             .filter_map(|(action, old, row)| match action {
                 Action::WriteFile { path, manifest, .. } => Some(WrittenFile {
                     path,
-                    old: old.clone(),
+                    old: old.as_ref(),
                     manifest,
-                    row: row.clone(),
+                    row,
                 }),
                 _ => None,
             })
             .collect();
         let recorded = shared.store.record_written(&folder.id, &written);
-        drop(written);
         if let Err(e) = &recorded {
             // The files are in place; the next round's scan finds them.
             warn!(folder = %folder.name, "cannot index {} files just written: {e}", placed.len());
@@ -803,7 +802,19 @@ fn write_file(
     let Some(a) = prepare_file(shared, folder, path, manifest, cmds, prefetch, true)? else {
         return Ok(false);
     };
-    let done = finish_file(shared, folder, path, version, manifest, conflict_of, a)?;
+    let placed = place_file(shared, folder, path, version, manifest, conflict_of, a)?;
+    if let Placed::File { old, row } = &placed {
+        shared.store.record_written(
+            &folder.id,
+            &[WrittenFile {
+                path,
+                old: old.as_ref(),
+                manifest,
+                row,
+            }],
+        )?;
+    }
+    let done = !matches!(placed, Placed::Skipped);
     if done {
         sync_dir(&folder.root_path(), path.parent().as_ref());
     }
@@ -870,35 +881,6 @@ fn prepare_file(
                 let _ = std::fs::remove_file(&tmp);
             }
             Err(e)
-        }
-    }
-}
-
-/// The second half of [`write_file`]: renames the assembled file into place if the
-/// disk still matches the index, and records it (locations and index row).
-fn finish_file(
-    shared: &Shared,
-    folder: &FolderRecord,
-    path: &RelPath,
-    version: VersionId,
-    manifest: &Manifest,
-    conflict_of: Option<&RelPath>,
-    a: Assembled,
-) -> Result<bool, NodeError> {
-    match place_file(shared, folder, path, version, manifest, conflict_of, a)? {
-        Placed::Skipped => Ok(false),
-        Placed::Copy => Ok(true),
-        Placed::File { old, row } => {
-            shared.store.record_written(
-                &folder.id,
-                &[WrittenFile {
-                    path,
-                    old,
-                    manifest,
-                    row,
-                }],
-            )?;
-            Ok(true)
         }
     }
 }

@@ -107,11 +107,11 @@ pub struct WrittenFile<'a> {
     /// Where it is in the folder.
     pub path: &'a RelPath,
     /// The index row it replaced, if any.
-    pub old: Option<IndexRow>,
+    pub old: Option<&'a IndexRow>,
     /// The version's manifest.
     pub manifest: &'a Manifest,
     /// Its new index row (the file as it is on disk now).
-    pub row: IndexRow,
+    pub row: &'a IndexRow,
 }
 
 impl Store {
@@ -146,7 +146,7 @@ impl Store {
         }
         let txn = self.begin_light()?;
         for f in files {
-            if let Some(row) = &f.old {
+            if let Some(row) = f.old {
                 forget_row(&txn, folder, f.path, row)?;
             }
             record(&txn, folder, f.path, f.manifest)?;
@@ -155,7 +155,7 @@ impl Store {
             let mut t = txn.open_table(db::INDEX)?;
             for f in files {
                 let k = db::key_path(folder, f.path);
-                t.insert(k.as_slice(), db::enc(&f.row).as_slice())?;
+                t.insert(k.as_slice(), db::enc(f.row).as_slice())?;
             }
         }
         txn.commit()?;
