@@ -40,6 +40,8 @@ For each tool, with fresh homes and folders for every measurement ("pair"):
            (headers included; in the benchmark's own network namespace only these tools
            use it).
 
+Nothing is deleted while measuring: every finished pair is moved to WORK/graveyard/ (see finish_pair; sync.sh removes WORK at the end).
+
 One JSON object per measurement is appended to RUN_DIR/results.jsonl; tools' logs go to
 RUN_DIR/logs/. A failure (timeout, crash, wrong content) is recorded with the tool's
 state and log tail and the run goes on with the next measurement.
@@ -829,13 +831,14 @@ def settle(ctx: Ctx) -> None:
     time.sleep(ctx.pause)
 
 
-def finish_pair(ctx: Ctx, pair: Pair, rec: dict, many_files: bool = False) -> None:
-    """Stops the pair and removes its directory. A pair that wrote many files is only
-    moved aside (sync.sh removes the work directory at the end): on an ext4 without a
-    journal, as on the benchmark machine, every new inode skips over the inodes deleted
-    in the last 60-300 s (`recently_deleted` in ext4's ialloc.c), and the next pair's
-    10,000 files then cost ~2 s of kernel time more to create, for whichever tool came
-    after a deletion."""
+def finish_pair(ctx: Ctx, pair: Pair, rec: dict) -> None:
+    """Stops the pair and moves its directory aside (sync.sh removes the work directory
+    at the end). Nothing is deleted while measuring: on an ext4 without a journal, as on
+    the benchmark machine, every new inode skips over the inodes deleted in the last
+    minutes (`recently_deleted` in ext4's ialloc.c), and the next pair's 10,000 files
+    then cost ~2 s of kernel time more to create, for whichever tool came after a
+    deletion; freeing a W2 pair's 3 GB (discarded blocks, on a file system mounted with
+    `discard`) slowed the next W1 sync too."""
     try:
         rec["stop"] = pair.stop()
     except Exception as e:  # noqa: BLE001
@@ -844,12 +847,10 @@ def finish_pair(ctx: Ctx, pair: Pair, rec: dict, many_files: bool = False) -> No
         if isinstance(how, dict) and how.get("hung_on_sigterm_s"):
             rec.setdefault("problems", []).append(f"{pair.tool} {side} did not exit within {how['hung_on_sigterm_s']} s of SIGTERM")
     d = getattr(pair, "dir", "")
-    if many_files and d and os.path.isdir(d):
+    if d and os.path.isdir(d):
         grave = os.path.join(ctx.work, "graveyard")
         os.makedirs(grave, exist_ok=True)
         os.rename(d, os.path.join(grave, os.path.basename(d)))
-    else:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def measure_sync(ctx: Ctx, rec_out: Recorder, tool: str, label: str, data: str, files, run_no: int,
@@ -922,7 +923,7 @@ def measure_sync(ctx: Ctx, rec_out: Recorder, tool: str, label: str, data: str, 
         rec["error"] = f"harness error: {e!r}\n{traceback.format_exc()}"
         log(f"{tool}: {label} harness error: {e!r}")
     finally:
-        finish_pair(ctx, pair, rec, many_files=len(files) > 1000)
+        finish_pair(ctx, pair, rec)
         shutil.rmtree(os.path.join(ctx.work, "stage"), ignore_errors=True)
     rec["load_after"] = loadavg()
     rec_out.add(rec)
