@@ -442,6 +442,121 @@ mod tests {
     use super::*;
     use weft_crypto::SealedChunk;
 
+    /// The chunk location of `id`, if any.
+    fn loc_of(store: &Store, id: &ChunkId) -> Option<FileLoc> {
+        let r = store.db.begin_read().unwrap();
+        let t = r.open_table(db::CHUNK_LOCS).unwrap();
+        let v = t.get(db::chunk_key(id).as_slice()).unwrap()?;
+        Some(db::dec("chunk location", v.value()).unwrap())
+    }
+
+    /// A batch of files written from remote versions: each index row is replaced, the
+    /// chunks of the content a file no longer holds stop pointing at it, and every
+    /// chunk of its new content can be read from it at the right offset (a file new to
+    /// the folder, without an old row, too). An empty batch changes nothing.
+    #[test]
+    fn record_written_moves_index_rows_and_chunk_locations_together() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = crate::Home::new(tmp.path().join("home"));
+        home.init("t", 0).unwrap();
+        let store = Store::open(&home).unwrap();
+        let root = tmp.path().join("f");
+        std::fs::create_dir(&root).unwrap();
+        // Two different contents of several chunks each.
+        let content = |seed: u64| -> Vec<u8> {
+            let mut x = seed;
+            (0..600_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let (x, y) = (content(1), content(2));
+        std::fs::write(root.join("a.bin"), &x).unwrap();
+        std::fs::write(root.join("b.bin"), &y).unwrap();
+        let folder = store.add_folder(&root, None).unwrap();
+        store.scan(&folder, &crate::scan::NoProgress).unwrap();
+        let rows = store.index_rows(&folder).unwrap();
+        let (a, b, c) = (
+            RelPath::new(b"a.bin".to_vec()).unwrap(),
+            RelPath::new(b"b.bin".to_vec()).unwrap(),
+            RelPath::new(b"c.bin".to_vec()).unwrap(),
+        );
+        let (ra, rb) = (rows[&a].clone(), rows[&b].clone());
+        let ma = store.manifest(&folder.id, &a, &ra.version).unwrap();
+        let mb = store.manifest(&folder.id, &b, &rb.version).unwrap();
+        assert!(ma.chunks.len() > 2 && mb.chunks.len() > 2);
+        assert!(
+            ma.chunks
+                .iter()
+                .all(|c| !mb.chunks.iter().any(|d| d.id == c.id))
+        );
+
+        store.record_written(&folder.id, &[]).unwrap();
+        assert_eq!(store.index_rows(&folder).unwrap(), rows);
+
+        // a.bin now holds b's content (written from a remote version), c.bin is new.
+        std::fs::write(root.join("a.bin"), &y).unwrap();
+        std::fs::write(root.join("c.bin"), &y).unwrap();
+        let row_for = |p: &str, seq: u64| {
+            let author = store.identity().device_id();
+            Stat::of(&std::fs::metadata(root.join(p)).unwrap())
+                .row(mb.hash, crate::model::VersionId { author, seq })
+        };
+        let (new_a, new_c) = (row_for("a.bin", 90), row_for("c.bin", 91));
+        store
+            .record_written(
+                &folder.id,
+                &[
+                    WrittenFile {
+                        path: &a,
+                        old: Some(&ra),
+                        manifest: &mb,
+                        row: &new_a,
+                    },
+                    WrittenFile {
+                        path: &c,
+                        old: None,
+                        manifest: &mb,
+                        row: &new_c,
+                    },
+                ],
+            )
+            .unwrap();
+
+        let rows = store.index_rows(&folder).unwrap();
+        assert_eq!(rows[&a], new_a);
+        assert_eq!(rows[&c], new_c);
+        assert_eq!(rows[&b], rb);
+        for ch in &ma.chunks {
+            assert!(loc_of(&store, &ch.id).is_none_or(|l| l.path != a));
+        }
+        let mut offset = 0u64;
+        for ch in &mb.chunks {
+            let l = loc_of(&store, &ch.id).unwrap();
+            // The batch's last file is where each chunk is read from now.
+            assert_eq!(
+                (l.path.clone(), l.offset, l.len),
+                (c.clone(), offset, ch.len)
+            );
+            offset += u64::from(ch.len);
+        }
+        // Served from c.bin, whose disk matches its new row: the sealed chunk checks.
+        let first = &mb.chunks[0];
+        let f = File::open(root.join("c.bin")).unwrap();
+        let ct = seal_from(
+            &f,
+            &loc_of(&store, &first.id).unwrap(),
+            &first.id,
+            Some(&new_c),
+        )
+        .unwrap();
+        assert!(first.id.check(&ct).is_ok());
+    }
+
     /// A chunk in the middle of a file, read straight into spare capacity, seals to
     /// exactly what the scan produced; a file now shorter than the location, or whose
     /// bytes changed without the index knowing, yields nothing.

@@ -161,7 +161,7 @@ impl Stat {
             && row.dev == self.dev
     }
 
-    fn row(&self, hash: Hash, version: VersionId) -> IndexRow {
+    pub(crate) fn row(&self, hash: Hash, version: VersionId) -> IndexRow {
         IndexRow {
             kind: IndexKind::File,
             size: self.size,
