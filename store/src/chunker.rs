@@ -127,10 +127,11 @@ pub fn cut_with<R: Read, E: From<std::io::Error>>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u64) -> Vec<u8> {
+    /// `n` seeded pseudo-random bytes (xorshift), for tests across the crate.
+    pub(crate) fn data(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed;
         (0..n)
             .map(|_| {

@@ -463,18 +463,10 @@ mod tests {
         let root = tmp.path().join("f");
         std::fs::create_dir(&root).unwrap();
         // Two different contents of several chunks each.
-        let content = |seed: u64| -> Vec<u8> {
-            let mut x = seed;
-            (0..600_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
-        let (x, y) = (content(1), content(2));
+        let (x, y) = (
+            crate::chunker::tests::data(600_000, 1),
+            crate::chunker::tests::data(600_000, 2),
+        );
         std::fs::write(root.join("a.bin"), &x).unwrap();
         std::fs::write(root.join("b.bin"), &y).unwrap();
         let folder = store.add_folder(&root, None).unwrap();
