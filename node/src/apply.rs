@@ -46,7 +46,7 @@ pub const WINDOW_BYTES: u64 = 4 << 20;
 
 /// Wakes a folder worker.
 #[derive(Clone, Default)]
-pub struct FolderKick(Arc<Notify>);
+pub struct FolderKick(pub(crate) Arc<Notify>);
 
 impl FolderKick {
     /// A new kick.
