@@ -997,11 +997,14 @@ fn run(cli: Cli) -> Result<i32> {
                     let mut line = format!("folder {}: {}", f.name, f.state);
                     if f.files_to_go > 0 {
                         line += &format!(
-                            ", {} files ({}) to go at {}/s",
+                            ", {} files ({}) to go",
                             f.files_to_go,
-                            human_bytes(f.bytes_to_go),
-                            human_bytes(f.rate as u64)
+                            human_bytes(f.bytes_to_go)
                         );
+                        // Nothing moving (waiting for a peer or for room): no rate.
+                        if f.rate >= 1.0 {
+                            line += &format!(" at {}/s", human_bytes(f.rate as u64));
+                        }
                     }
                     if f.conflicts > 0 {
                         line += &format!(", {} conflict(s)", f.conflicts);

@@ -184,6 +184,7 @@ fn round(
         done_bytes: 0,
         skipped: 0,
         held: Vec::new(),
+        first_error: None,
     };
     let mut batch = FsyncBatch::default();
     for action in plan {
@@ -252,7 +253,11 @@ fn round(
         tally.record(shared, &folder, &action, res);
     }
     batch.flush(shared, &folder, &mut tally);
-    let Tally { skipped, .. } = tally;
+    let Tally {
+        skipped,
+        first_error,
+        ..
+    } = tally;
     // Record conflict copies (and anything that changed meanwhile) as this device's;
     // the scan's commit also makes the round's light commits durable.
     scan_and_notify(shared, &folder, cmds)?;
@@ -268,11 +273,14 @@ fn round(
         .into();
     });
     if skipped > 0 || !left.is_empty() {
-        // Chunks may arrive from a peer that connects later; try again soon.
-        return Err(NodeError::ChunkUnavailable(format!(
-            "{} step(s) could not be done yet",
-            left.len().max(skipped)
-        )));
+        // Chunks may arrive from a peer that connects later, the disk may have room
+        // again: try again soon. Nothing moves until then.
+        set_status(shared, &folder.id, |s| s.rate = 0.0);
+        return Err(NodeError::Incomplete {
+            steps: left.len().max(skipped),
+            reason: first_error
+                .unwrap_or_else(|| "waiting for chunks from devices not connected now".into()),
+        });
     }
     Ok(())
 }
@@ -285,6 +293,9 @@ struct Tally {
     done_bytes: u64,
     skipped: usize,
     held: Vec<RelPath>,
+    /// The round's first error, which `weft status` shows (a full disk, above all, must
+    /// not read as a missing chunk).
+    first_error: Option<String>,
 }
 
 impl Tally {
@@ -299,6 +310,7 @@ impl Tally {
             Ok(ok) => ok,
             Err(e) => {
                 warn!(folder = %folder.name, "{e}");
+                self.first_error.get_or_insert_with(|| e.to_string());
                 false
             }
         };
@@ -626,10 +638,7 @@ fn scan_and_notify(
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
-    move |source| NodeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| NodeError::io(path, source)
 }
 
 fn mtime_ns(m: &std::fs::Metadata) -> i64 {

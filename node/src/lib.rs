@@ -68,6 +68,38 @@ pub enum NodeError {
     /// A relay refused a request (over quota, not allowed, ...).
     #[error("the relay refused: {0}")]
     Refused(String),
+    /// The disk under a folder is full: what was being written is dropped, nothing is
+    /// recorded, and the next round tries again.
+    #[error("disk full: cannot write {path}; syncing goes on once there is room")]
+    DiskFull {
+        /// What could not be written.
+        path: std::path::PathBuf,
+    },
+    /// A round left steps undone (their files wait for the next round).
+    #[error("{steps} step(s) could not be done yet: {reason}")]
+    Incomplete {
+        /// How many.
+        steps: usize,
+        /// The first error of the round, or what the steps wait for.
+        reason: String,
+    },
+}
+
+impl NodeError {
+    /// An I/O error on `path`; a full disk is told apart ([`NodeError::DiskFull`]).
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> NodeError {
+        if source.kind() == std::io::ErrorKind::StorageFull
+            || source.kind() == std::io::ErrorKind::QuotaExceeded
+        {
+            return NodeError::DiskFull {
+                path: path.to_path_buf(),
+            };
+        }
+        NodeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// State shared by the node's tasks.

@@ -487,3 +487,71 @@ pub async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> boo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Whether this process runs as root (by the owner of /proc/self): mounting a small
+/// tmpfs (a full disk on demand) and network namespaces need it.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A tmpfs mounted for the life of the guard (unmounted on drop).
+pub struct Tmpfs {
+    /// The mount point.
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `2m`) on `dir`; `None` (with a note) if impossible.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).expect("create mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size}"))
+            .arg("tmpfs")
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs {
+                dir: dir.to_path_buf(),
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "note: cannot mount a tmpfs ({}); skipping",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("note: cannot run mount ({e}); skipping");
+                None
+            }
+        }
+    }
+
+    /// Changes the size of the mounted tmpfs.
+    pub fn resize(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .arg("-o")
+            .arg(format!("remount,size={size}"))
+            .arg(&self.dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "remount {} failed", self.dir.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use weft_tests::weft_bin;
+use weft_tests::{is_root, weft_bin};
 
 /// Two network namespaces joined by a veth pair; removed on drop.
 struct Lan {
@@ -236,10 +236,4 @@ fn devices_on_a_lan_find_each_other_by_mdns_alone() {
     }
     assert_eq!(peers(&hb), 1);
     nodes.stop_all();
-}
-
-/// Whether this process runs as root (by the owner of /proc/self).
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -356,12 +356,6 @@ pub fn chmod(p: &Path, mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
 }
 
-/// Whether the tests run as root (files we create are owned by uid 0).
-pub fn is_root() -> bool {
-    let f = tempfile::NamedTempFile::new().expect("temp file");
-    f.as_file().metadata().expect("stat temp file").uid() == 0
-}
-
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -497,60 +491,6 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     Rng::new(seed).bytes(len)
 }
 
-/// A tmpfs mounted for the life of the guard (unmounted on drop).
-pub struct Tmpfs {
-    /// The mount point.
-    pub dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. `2m`) on `dir`; `None` (with a note) if impossible.
-    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).expect("create mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size}"))
-            .arg("tmpfs")
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                dir: dir.to_path_buf(),
-            }),
-            Ok(o) => {
-                eprintln!(
-                    "note: cannot mount a tmpfs ({}); skipping",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("note: cannot run mount ({e}); skipping");
-                None
-            }
-        }
-    }
-
-    /// Changes the size of the mounted tmpfs.
-    pub fn resize(&self, size: &str) {
-        let st = Command::new("mount")
-            .arg("-o")
-            .arg(format!("remount,size={size}"))
-            .arg(&self.dir)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "remount {} failed", self.dir.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
+// Not every test file that includes this module mounts a tmpfs.
+#[allow(unused_imports)]
+pub use weft_tests::{Tmpfs, is_root};

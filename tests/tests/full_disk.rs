@@ -1,0 +1,90 @@
+//! A device whose disk fills up while it receives: nothing half-written appears under a
+//! file's name, no partial file holds on to the space, the store stays sound, the
+//! folder's status says the disk is full (not that a chunk is missing), and everything
+//! arrives once there is room again.
+use std::time::Duration;
+use weft_node::control::ControlResponse;
+use weft_tests::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn last_error(d: &Device) -> String {
+    match d.status() {
+        ControlResponse::Status { folders, .. } => folders
+            .iter()
+            .filter_map(|f| f.last_error.clone())
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_completes_later() {
+    if !is_root() {
+        eprintln!("note: needs root to mount a tmpfs; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&tmp.path().join("b-disk"), "6m") else {
+        return;
+    };
+    let mut a = Device::new(tmp.path(), "a");
+    a.create_folder();
+    // 12 MiB of large files (each assembled on its own) and 3 MiB of small ones
+    // (fsynced in batches) for a disk of 6 MiB.
+    for i in 0..4u64 {
+        a.write(&format!("big/f{i}.bin"), &random_bytes(3 << 20, i + 1));
+    }
+    for i in 0..150u64 {
+        a.write(&format!("small/s{i}.bin"), &random_bytes(20_000, i + 100));
+    }
+    a.start(&[]);
+    let mut b = Device::new(tmp.path(), "b");
+    // The folder lands next to the root given here: on the small disk. B's home (its
+    // database) stays on the big one.
+    b.root = disk.dir.join("b-files");
+    b.join(&a.invite()).await;
+    assert!(b.root.starts_with(&disk.dir));
+    b.start(&[a.port]);
+
+    eventually("b to report its full disk", WAIT, || {
+        last_error(&b).contains("disk full")
+    })
+    .await;
+    let err = last_error(&b);
+    assert!(!err.contains("no connected device"), "{err}");
+
+    // What B holds is A's, file for file; the rest is simply not there yet.
+    let want = snapshot(&a.root);
+    let got = snapshot(&b.root);
+    let files = |s: &Snapshot| s.values().filter(|v| v.is_some()).count();
+    assert!(
+        files(&got) < files(&want),
+        "the small disk cannot hold it all"
+    );
+    for (path, entry) in &got {
+        assert_eq!(want.get(path), Some(entry), "{path} differs from a's");
+    }
+    // No partial file keeps the space a full disk needs.
+    let parts = std::fs::read_dir(b.root.join(".weft/tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(parts, 0, "partial files left on a full disk");
+
+    // The store is sound, and records only what is on disk.
+    b.stop().await;
+    {
+        let store = weft_store::Store::open(&b.home).unwrap();
+        let report = store.verify().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    // Room again: the rest arrives, and nothing is lost on either side.
+    disk.resize("64m");
+    b.start(&[a.port]);
+    let s = converge(&[&a, &b], WAIT).await;
+    assert_eq!(s, want);
+    a.stop().await;
+    b.stop().await;
+}
