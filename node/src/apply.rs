@@ -126,16 +126,19 @@ pub async fn folder_worker(
         first = false;
         let (sh, f, c) = (shared.clone(), folder.clone(), cmds.clone());
         let res = tokio::task::spawn_blocking(move || round(&sh, &f, &c)).await;
-        let err = match res {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(format!("worker failed: {e}")),
+        // A round that left steps for later is still syncing; any other failure (the
+        // root gone, the store failing) stops the folder until a round succeeds.
+        let (err, stopped) = match res {
+            Ok(Ok(())) => (None, false),
+            Ok(Err(e @ NodeError::Incomplete { .. })) => (Some(e.to_string()), false),
+            Ok(Err(e)) => (Some(e.to_string()), true),
+            Err(e) => (Some(format!("worker failed: {e}")), true),
         };
         if let Some(e) = &err {
             warn!(folder = %folder.name, "sync round failed: {e}");
         }
         set_status(&shared, &folder.id, |s| {
-            if err.is_some() && s.state == "scanning" {
+            if stopped || (err.is_some() && s.state == "scanning") {
                 s.state = "stopped".into();
             }
             s.last_error = err;

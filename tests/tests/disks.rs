@@ -1,24 +1,25 @@
-//! A device whose disk fills up while it receives: nothing half-written appears under a
-//! file's name, no partial file holds on to the space, the store stays sound, the
-//! folder's status says the disk is full (not that a chunk is missing), and everything
-//! arrives once there is room again.
+//! Disks that fail under a running node: one fills up, one goes away.
 use std::time::Duration;
 use weft_node::control::ControlResponse;
 use weft_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn last_error(d: &Device) -> String {
+fn folder(d: &Device) -> weft_node::apply::FolderStatus {
     match d.status() {
-        ControlResponse::Status { folders, .. } => folders
-            .iter()
-            .filter_map(|f| f.last_error.clone())
-            .collect::<Vec<_>>()
-            .join("; "),
+        ControlResponse::Status { mut folders, .. } if folders.len() == 1 => folders.remove(0),
         other => panic!("unexpected {other:?}"),
     }
 }
 
+fn last_error(d: &Device) -> String {
+    folder(d).last_error.unwrap_or_default()
+}
+
+/// The receiver's disk fills up: nothing half-written appears under a file's name, no
+/// partial file holds on to the space, the store stays sound, the folder's status says
+/// the disk is full (not that a chunk is missing), and everything arrives once there is
+/// room again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_completes_later() {
     if !is_root() {
@@ -85,6 +86,48 @@ async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_comple
     b.start(&[a.port]);
     let s = converge(&[&a, &b], WAIT).await;
     assert_eq!(s, want);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The disk holding a folder is unmounted while its node runs: the folder stops with an
+/// error that says so, and no other device deletes a thing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_whose_disk_goes_away_stops_and_nothing_is_deleted_anywhere() {
+    if !is_root() {
+        eprintln!("note: needs root to mount a tmpfs; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("a-disk"), "16m");
+    let Some(disk) = disk else { return };
+    let mut a = Device::new(tmp.path(), "a");
+    a.root = disk.dir.join("a-files");
+    a.create_folder();
+    for i in 0..20u64 {
+        a.write(&format!("docs/d{i}.txt"), &random_bytes(5_000, i));
+    }
+    a.start(&[]);
+    let mut b = Device::new(tmp.path(), "b");
+    b.join(&a.invite()).await;
+    b.start(&[a.port]);
+    let before = converge(&[&a, &b], WAIT).await;
+    assert_eq!(folder(&a).state, "in sync");
+
+    drop(disk); // unmounted: a's folder root is gone with it
+    eventually("a to stop its folder", WAIT, || {
+        folder(&a).state == "stopped"
+    })
+    .await;
+    assert!(
+        last_error(&a).contains("is the disk mounted?"),
+        "{}",
+        last_error(&a)
+    );
+    // Several rounds later (rescans every 3 s here), b still has everything.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(folder(&a).state, "stopped");
+    assert_eq!(snapshot(&b.root), before);
     a.stop().await;
     b.stop().await;
 }
