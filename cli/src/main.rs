@@ -1024,6 +1024,19 @@ fn run(cli: Cli) -> Result<i32> {
                         line += &format!(" (last round: {e})");
                     }
                     println!("{line}");
+                    const SHOWN: usize = 5;
+                    if !f.not_synced.is_empty() {
+                        println!("  {} path(s) not synced:", f.not_synced.len());
+                    }
+                    for w in f.not_synced.iter().take(SHOWN) {
+                        println!("    {w}");
+                    }
+                    if f.not_synced.len() > SHOWN {
+                        println!(
+                            "    … and {} more (`weft status --json` lists them all)",
+                            f.not_synced.len() - SHOWN
+                        );
+                    }
                 }
                 for o in &offers {
                     println!("shared with you, not synced here: {o} (`weft accept {o}`)");

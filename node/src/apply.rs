@@ -93,6 +93,10 @@ pub struct FolderStatus {
     /// member's) edits, which no other device accepts.
     #[serde(default)]
     pub local_only: u64,
+    /// Paths the last scan did not sync, and why (symlinks, special files, unreadable
+    /// or ever-changing files, names that are not UTF-8, a bad `.weftignore`).
+    #[serde(default)]
+    pub not_synced: Vec<String>,
 }
 
 fn set_status(shared: &Shared, folder: &FolderId, f: impl FnOnce(&mut FolderStatus)) {
@@ -626,6 +630,7 @@ fn scan_and_notify(
     cmds: &mpsc::Sender<Cmd>,
 ) -> Result<(), NodeError> {
     let s = shared.store.scan(folder, &NoProgress)?;
+    report_not_synced(shared, folder, s.warnings);
     if s.log_entries > 0 {
         info!(
             folder = %folder.name,
@@ -638,6 +643,18 @@ fn scan_and_notify(
         });
     }
     Ok(())
+}
+
+/// Logs what a scan did not sync, each once (not again at every rescan while it stays
+/// so), and keeps the list for `weft status`.
+fn report_not_synced(shared: &Shared, folder: &FolderRecord, warnings: Vec<String>) {
+    set_status(shared, &folder.id, |st| {
+        let known: std::collections::HashSet<&String> = st.not_synced.iter().collect();
+        for w in warnings.iter().filter(|w| !known.contains(w)) {
+            warn!(folder = %folder.name, "{w}");
+        }
+        st.not_synced = warnings;
+    });
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {

@@ -354,3 +354,48 @@ async fn many_files_of_the_same_content_all_arrive() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Symlinks and special files are not synced, and that is said once: in the log (not
+/// again at every rescan) and in `weft status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_and_special_files_are_reported_once_and_not_synced() {
+    logs::capture("warn,weft_node=info");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Device::new(tmp.path(), "a");
+    a.create_folder();
+    a.write("real.txt", b"real");
+    std::os::unix::fs::symlink("real.txt", a.path("a-symlink-to-real.txt")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(a.path("a-fifo"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    a.start(&[]);
+    let mut b = Device::new(tmp.path(), "b");
+    b.join(&a.invite()).await;
+    b.start(&[a.port]);
+    let s = converge(&[&a, &b], WAIT).await;
+    assert_eq!(s["real.txt"], Some((b"real".to_vec(), false)));
+    for name in ["a-symlink-to-real.txt", "a-fifo"] {
+        assert!(std::fs::symlink_metadata(b.path(name)).is_err(), "{name}");
+    }
+    let not_synced = match a.status() {
+        weft_node::control::ControlResponse::Status { folders, .. } => {
+            folders[0].not_synced.clone()
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(
+        not_synced.contains(&"a-symlink-to-real.txt: symlink, not synced".to_string())
+            && not_synced
+                .iter()
+                .any(|w| w.starts_with("a-fifo: not a regular file")),
+        "{not_synced:?}"
+    );
+    // Rescans come every 3 s here: two more have run, and said nothing new.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let said = logs::lines(&["a-symlink-to-real.txt", "symlink, not synced"]);
+    assert_eq!(said.len(), 1, "{said:?}");
+    a.stop().await;
+    b.stop().await;
+}
