@@ -135,7 +135,10 @@ pub async fn folder_worker(
         let (err, stopped) = match res {
             Ok(Ok(())) => (None, false),
             Ok(Err(e @ NodeError::Incomplete { .. })) => (Some(e.to_string()), false),
-            Ok(Err(e)) => (Some(e.to_string()), true),
+            Ok(Err(e)) => {
+                shared.store_failed(&e);
+                (Some(e.to_string()), true)
+            }
             Err(e) => (Some(format!("worker failed: {e}")), true),
         };
         if let Some(e) = &err {

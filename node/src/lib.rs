@@ -114,6 +114,10 @@ pub struct Shared {
     pub relays: Mutex<HashMap<libp2p::PeerId, upload::RelayStatus>>,
     received: AtomicU64,
     sent: AtomicU64,
+    /// Notified when the store failed in a way only reopening it cures
+    /// ([`weft_store::StoreError::needs_reopen`]): the node stops and [`start`] opens
+    /// the store again.
+    reopen: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -126,6 +130,17 @@ impl Shared {
             relays: Mutex::new(HashMap::new()),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            reopen: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Looks at an error of the store: one that only reopening cures stops the node,
+    /// which [`start`] then runs again on a freshly opened store.
+    pub(crate) fn store_failed(&self, e: &NodeError) {
+        if let NodeError::Store(e) = e
+            && e.needs_reopen()
+        {
+            self.reopen.notify_one();
         }
     }
 
@@ -150,17 +165,59 @@ impl Shared {
 
 /// Runs a node for `home` until `shutdown` resolves: swarm, folder workers, watcher
 /// and control socket.
+///
+/// A store that failed for good while running (a write of the database failed, as on
+/// a full disk: redb then refuses everything) stops the node, and the node starts
+/// again on the store opened anew, after a pause that doubles (up to a minute) while
+/// it keeps failing soon after (the disk still full). Stopping is always safe: every
+/// change is one transaction.
 pub async fn start(
     home: &Home,
     cfg: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    let store = Store::open(home)?;
-    let shared = std::sync::Arc::new(Shared::new(store));
-    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(1024);
-    let control = control::serve(home, cmd_tx.clone())?;
-    let result = node::run(shared, cfg, cmd_rx, cmd_tx, shutdown).await;
-    control.abort();
-    let _ = std::fs::remove_file(control::socket_path(home));
-    result
+    tokio::pin!(shutdown);
+    let mut store = Store::open(home)?;
+    let mut pause = REOPEN_FIRST;
+    loop {
+        let started = std::time::Instant::now();
+        let shared = std::sync::Arc::new(Shared::new(store));
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(1024);
+        let control = control::serve(home, cmd_tx.clone())?;
+        let result = node::run(shared, cfg.clone(), cmd_rx, cmd_tx, shutdown.as_mut()).await;
+        control.abort();
+        let _ = std::fs::remove_file(control::socket_path(home));
+        match result {
+            Err(NodeError::Store(e)) if e.needs_reopen() => {}
+            other => return other,
+        }
+        // Failing again soon after a restart (the disk still full) waits longer each
+        // time, up to a minute; a node that ran a while starts over at once.
+        pause = if started.elapsed() < REOPEN_LAST {
+            (pause * 2).min(REOPEN_LAST)
+        } else {
+            REOPEN_FIRST
+        };
+        store = loop {
+            tracing::warn!(
+                "the database refuses writes since one failed (a full disk?): opening it again in {} s",
+                pause.as_secs()
+            );
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            match Store::open(home) {
+                Ok(s) => break s,
+                Err(e) => tracing::warn!("cannot open the database yet: {e}"),
+            }
+            pause = (pause * 2).min(REOPEN_LAST);
+        };
+        tracing::info!("database opened again; the node starts anew");
+    }
 }
+
+/// The first pause before a store that must be reopened is opened again, and the
+/// longest (also how long a node must run for the pause to start over).
+const REOPEN_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const REOPEN_LAST: std::time::Duration = std::time::Duration::from_secs(60);

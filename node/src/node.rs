@@ -408,9 +408,14 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut pull_tick = tokio::time::interval(cfg.pull_every);
     tokio::pin!(shutdown);
+    let mut reopen = false;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = shared.reopen.notified() => {
+                reopen = true;
+                break;
+            }
             ev = st.swarm.select_next_some() => on_swarm_event(&mut st, ev),
             Some(cmd) = cmds.recv() => {
                 on_cmd(&mut st, cmd);
@@ -469,6 +474,9 @@ pub async fn run(
     let deadline = Instant::now() + Duration::from_secs(60);
     while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if reopen {
+        return Err(NodeError::Store(weft_store::StoreError::DatabaseFailed));
     }
     Ok(())
 }

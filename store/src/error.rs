@@ -107,6 +107,10 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A write to the database failed earlier (a full disk, an I/O error), and redb
+    /// refuses everything after that until the database is opened again.
+    #[error("the database refuses writes since one failed (a full disk?): it must be opened again")]
+    DatabaseFailed,
     /// A log entry failed verification.
     #[error("log entry {author}#{seq} rejected: {reason}")]
     BadEntry {
@@ -118,6 +122,9 @@ pub enum StoreError {
         reason: String,
     },
 }
+
+/// The database's file name in a home, as errors name it.
+const DB_FILE: &str = "weft.redb";
 
 /// The store's result type.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -132,6 +139,19 @@ impl StoreError {
             StoreError::DiskFull { path }
         } else {
             StoreError::Io { path, source }
+        }
+    }
+
+    /// Whether the database is unusable until it is opened again: redb latches a failed
+    /// write (of its own file) and answers every later request with an error. A
+    /// long-running process (the node) reopens it; nothing committed is lost, since a
+    /// failed commit leaves the one before it in place.
+    pub fn needs_reopen(&self) -> bool {
+        match self {
+            StoreError::DatabaseFailed => true,
+            StoreError::DiskFull { path } => path.as_os_str() == DB_FILE,
+            StoreError::Db(redb::Error::Io(_)) => true,
+            _ => false,
         }
     }
 
@@ -152,7 +172,10 @@ macro_rules! from_redb {
                 if let redb::Error::Io(io) = &e
                     && io.raw_os_error() == Some(libc::ENOSPC)
                 {
-                    return StoreError::DiskFull { path: PathBuf::from("weft.redb") };
+                    return StoreError::DiskFull { path: PathBuf::from(DB_FILE) };
+                }
+                if matches!(e, redb::Error::PreviousIo) {
+                    return StoreError::DatabaseFailed;
                 }
                 StoreError::Db(e)
             }

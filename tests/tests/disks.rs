@@ -131,3 +131,64 @@ async fn a_folder_whose_disk_goes_away_stops_and_nothing_is_deleted_anywhere() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The disk under a running node's home (its database) fills up: redb then refuses
+/// every request until it is opened again, so the node stops, opens it again once there
+/// is room, and goes on; nothing recorded before is lost and the store verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_database_heals_once_there_is_room() {
+    if !is_root() {
+        eprintln!("note: needs root to mount a tmpfs; skipping");
+        return;
+    }
+    logs::capture("warn,weft_node=info");
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&tmp.path().join("a-home-disk"), "16m") else {
+        return;
+    };
+    let mut a = Device::new(tmp.path(), "a");
+    a.home = weft_store::Home::new(disk.dir.join("a-home"));
+    a.create_folder();
+    // No chunk cache: the database is the only thing the node writes to that disk.
+    std::fs::write(
+        a.home.root().join("config.toml"),
+        "[cache]\nmax_bytes = 0\n",
+    )
+    .unwrap();
+    a.write("before.txt", b"recorded before the disk filled up");
+    a.start(&[]);
+    let mut b = Device::new(tmp.path(), "b");
+    b.join(&a.invite()).await;
+    b.start(&[a.port]);
+    converge(&[&a, &b], WAIT).await;
+
+    let already = logs::lines(&["opening it again"]).len();
+    let df = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(&disk.dir)
+        .output()
+        .unwrap();
+    let free: u64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's answer");
+    let filler = disk.dir.join("filler");
+    std::fs::write(&filler, vec![0u8; (free - 8192) as usize]).unwrap();
+    for i in 0..400 {
+        a.write(
+            &format!("later/n{i}.txt"),
+            format!("written while full {i}").as_bytes(),
+        );
+    }
+    logs::wait(&["opening it again"], already, WAIT).await;
+
+    std::fs::remove_file(&filler).unwrap();
+    let s = converge(&[&a, &b], Duration::from_secs(120)).await;
+    assert_eq!(s.values().filter(|v| v.is_some()).count(), 401);
+    a.stop().await;
+    b.stop().await;
+    let store = weft_store::Store::open(&a.home).unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
