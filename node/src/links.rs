@@ -15,7 +15,9 @@ use crate::NodeError;
 use crate::Shared;
 use crate::control::ControlResponse;
 use crate::node::Cmd;
-use crate::protocol::{MAX_BATCH_BYTES, MAX_STORE_IDS, StoreRequest, StoreResponse};
+use crate::protocol::{
+    MAX_BATCH_BYTES, MAX_PUT_CHUNKS, MAX_STORE_IDS, StoreRequest, StoreResponse,
+};
 use crate::upload::unexpected;
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
@@ -276,7 +278,7 @@ fn ensure_chunks(
         })?;
         bytes += ct.len();
         batch.push((id, ByteBuf::from(ct)));
-        if bytes >= MAX_BATCH_BYTES {
+        if bytes >= MAX_BATCH_BYTES || batch.len() >= MAX_PUT_CHUNKS {
             flush(&mut batch)?;
             bytes = 0;
         }

@@ -327,6 +327,9 @@ pub enum StoreResponse {
 pub const MAX_LIVE_IDS: usize = 350_000;
 /// Most chunk ids one `Missing` request may carry.
 pub const MAX_STORE_IDS: usize = 4096;
+/// Most chunks one `PutChunks` request may carry (a relay refuses more); a batch of
+/// uploads also stops at about [`MAX_BATCH_BYTES`].
+pub const MAX_PUT_CHUNKS: usize = 64;
 /// Largest `/weft/store/1` message: a batch of entries (≤ 4 MiB, one entry ≤ 8 MiB)
 /// or of chunks, plus framing (the same bound holds for answers: a person's key
 /// envelopes, tips, missing ids).

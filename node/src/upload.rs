@@ -11,7 +11,9 @@
 //!
 //! Memory: one batch of entries (≤ 4 MiB) and one batch of chunks (≈ 512 KiB) at a time.
 use crate::node::Cmd;
-use crate::protocol::{MAX_BATCH_BYTES, MAX_LIVE_IDS, MAX_STORE_IDS, StoreRequest, StoreResponse};
+use crate::protocol::{
+    MAX_BATCH_BYTES, MAX_LIVE_IDS, MAX_PUT_CHUNKS, MAX_STORE_IDS, StoreRequest, StoreResponse,
+};
 use crate::{NodeError, Shared};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -604,7 +606,8 @@ async fn upload_folder(
     }
 }
 
-/// Uploads chunks in batches of about [`MAX_BATCH_BYTES`]. A chunk this device can no
+/// Uploads chunks in batches of about [`MAX_BATCH_BYTES`] and at most
+/// [`MAX_PUT_CHUNKS`] chunks. A chunk this device can no
 /// longer produce (its file changed since) is skipped: a later version supersedes it.
 async fn upload_chunks(
     shared: &Arc<Shared>,
@@ -627,7 +630,7 @@ async fn upload_chunks(
                         bytes += ct.len();
                         batch.push((id, ByteBuf::from(ct)));
                     }
-                    if bytes >= MAX_BATCH_BYTES {
+                    if bytes >= MAX_BATCH_BYTES || batch.len() >= MAX_PUT_CHUNKS {
                         break;
                     }
                 }

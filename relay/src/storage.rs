@@ -88,8 +88,9 @@ pub const MAX_BLOB_LEN: usize = weft_store::chunker::MAX_CHUNK + weft_crypto::ch
 /// Most chunk ids one [`RelayStore::missing_chunks`] call (or tips one
 /// [`RelayStore::entries_since`] call) may name.
 pub const MAX_IDS: usize = 4096;
-/// Most chunks one [`RelayStore::put_chunks`] call may carry.
-pub const MAX_PUT_CHUNKS: usize = 64;
+/// Most chunks one [`RelayStore::put_chunks`] call may carry: what devices batch
+/// their uploads by.
+pub const MAX_PUT_CHUNKS: usize = weft_node::protocol::MAX_PUT_CHUNKS;
 /// Most ciphertext bytes one [`RelayStore::put_chunks`] call may carry.
 pub const MAX_PUT_CHUNK_BYTES: usize = 8 << 20;
 /// Most entries one [`RelayStore::put_entries`] call may carry.

@@ -41,6 +41,30 @@ async fn online_alone(d: &mut Device, want: Option<&Snapshot>, change: Option<fn
     d.stop().await;
 }
 
+/// A burst of small files (one small chunk each): every upload stays within what the
+/// relay takes per request, so all of them reach it, and the other device, never
+/// online at the same time, gets them from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_small_files_reaches_the_relay_and_the_other_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay")).await;
+    let (mut a, mut b) = pair_with_relay(tmp.path(), &relay).await;
+    online_alone(
+        &mut a,
+        None,
+        Some(|a| {
+            for i in 0..300 {
+                a.write(&format!("many/n{i}.txt"), format!("file {i}").as_bytes());
+            }
+        }),
+    )
+    .await;
+    let after_a = snapshot(&a.root);
+    assert_eq!(after_a.values().filter(|v| v.is_some()).count(), 300);
+    online_alone(&mut b, Some(&after_a), None).await;
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_never_online_together_converge_through_the_relay() {
     let tmp = tempfile::tempdir().unwrap();
