@@ -1159,30 +1159,48 @@ impl RelayStore {
         &self,
         chunks: impl Iterator<Item = &'a (ChunkId, Vec<u8>)>,
     ) -> Result<(), RelayError> {
-        let mut staged = Vec::new();
+        // A failed upload leaves no staged blob behind: on a full disk they would only
+        // take the room its retry needs (gc would remove them, hours later).
+        let discard = |staged: &[(PathBuf, PathBuf)]| {
+            for (tmp, _) in staged {
+                let _ = fs::remove_file(tmp);
+            }
+        };
+        let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
         for (id, bytes) in chunks {
             let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
             let tmp = self
                 .blobs
                 .join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
-            let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-            f.write_all(bytes)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io_err(&tmp, e))?;
-            staged.push((tmp, self.blob_path(id)));
+            staged.push((tmp.clone(), self.blob_path(id)));
+            let written = File::create(&tmp).and_then(|mut f| {
+                f.write_all(bytes)?;
+                f.sync_all()
+            });
+            if let Err(e) = written {
+                discard(&staged);
+                return Err(io_err(&tmp, e));
+            }
         }
         let mut dirs = BTreeSet::new();
         let mut new_dir = false;
-        for (tmp, path) in staged {
+        for (i, (tmp, path)) in staged.iter().enumerate() {
             let Some(dir) = path.parent() else {
-                return Err(io_err(&path, std::io::ErrorKind::InvalidInput.into()));
+                discard(&staged[i..]);
+                return Err(io_err(path, std::io::ErrorKind::InvalidInput.into()));
             };
             match fs::create_dir(dir) {
                 Ok(()) => new_dir = true,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(dir, e)),
+                Err(e) => {
+                    discard(&staged[i..]);
+                    return Err(io_err(dir, e));
+                }
             }
-            fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+            if let Err(e) = fs::rename(tmp, path) {
+                discard(&staged[i..]);
+                return Err(io_err(path, e));
+            }
             dirs.insert(dir.to_path_buf());
         }
         for d in &dirs {

@@ -334,9 +334,14 @@ impl Relay {
     }
 }
 
-/// `n` incompressible bytes (xorshift64 from `seed`): no two chunks alike.
+/// `n` incompressible bytes (xorshift64 from `seed`): no two chunks alike, whatever
+/// the seeds (each seed starts its own state; `seed | 1` once gave 2k and 2k+1 the
+/// same bytes).
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed
+        .wrapping_add(1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .max(1);
     let mut out = Vec::with_capacity(n + 8);
     while out.len() < n {
         x ^= x << 13;

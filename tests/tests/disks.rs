@@ -35,7 +35,7 @@ async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_comple
     // 12 MiB of large files (each assembled on its own) and 3 MiB of small ones
     // (fsynced in batches) for a disk of 6 MiB.
     for i in 0..4u64 {
-        a.write(&format!("big/f{i}.bin"), &random_bytes(3 << 20, i + 1));
+        a.write(&format!("big/f{i}.bin"), &random_bytes(3 << 20, i));
     }
     for i in 0..150u64 {
         a.write(&format!("small/s{i}.bin"), &random_bytes(20_000, i + 100));
@@ -67,11 +67,13 @@ async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_comple
     for (path, entry) in &got {
         assert_eq!(want.get(path), Some(entry), "{path} differs from a's");
     }
-    // No partial file keeps the space a full disk needs.
-    let parts = std::fs::read_dir(b.root.join(".weft/tmp"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(parts, 0, "partial files left on a full disk");
+    // No partial file keeps the space a full disk needs: between two rounds (each
+    // tries again and fails again) there is none.
+    let tmp_dir = b.root.join(".weft/tmp");
+    eventually("a moment without partial files", WAIT, || {
+        std::fs::read_dir(&tmp_dir).map_or(0, |d| d.count()) == 0
+    })
+    .await;
 
     // The store is sound, and records only what is on disk.
     b.stop().await;
@@ -191,4 +193,53 @@ async fn a_full_disk_under_the_database_heals_once_there_is_room() {
     let store = weft_store::Store::open(&a.home).unwrap();
     let report = store.verify().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// A relay's disk fills up during an upload: the upload is refused with the reason,
+/// leaves no staged blob behind to take the room its retry needs, and goes through
+/// once there is room.
+#[test]
+fn a_relay_whose_disk_is_full_refuses_an_upload_and_keeps_nothing_of_it() {
+    use weft_relay::storage::{RelayError, RelayStore, StorageConfig};
+    if !is_root() {
+        eprintln!("note: needs root to mount a tmpfs; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&tmp.path().join("relay-disk"), "1m") else {
+        return;
+    };
+    let relay = RelayStore::open(&disk.dir.join("data"), StorageConfig::default()).unwrap();
+    let home = weft_store::Home::new(tmp.path().join("home"));
+    home.init("laptop", 0).unwrap();
+    let store = weft_store::Store::open(&home).unwrap();
+    let root = tmp.path().join("files");
+    std::fs::create_dir(&root).unwrap();
+    let folder = store.add_folder(&root, Some("f")).unwrap();
+    relay.register(&store.identity().cert.to_bytes()).unwrap();
+    let me = store.identity().device_id();
+    let secret = *store.keys(&folder).convergence_secret();
+    // 40 chunks of 30 kB: more than the 1 MiB disk holds.
+    let chunks: Vec<(weft_crypto::ChunkId, Vec<u8>)> = (0..40u64)
+        .map(|i| {
+            let c = weft_crypto::SealedChunk::seal(&secret, &random_bytes(30_000, i));
+            (c.id, c.ciphertext)
+        })
+        .collect();
+    let ids: Vec<_> = chunks.iter().map(|(id, _)| *id).collect();
+
+    let e = relay.put_chunks(&me, &folder.id, &chunks).unwrap_err();
+    assert!(matches!(e, RelayError::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    let staged: Vec<_> = std::fs::read_dir(disk.dir.join("data/blobs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tmp-"))
+        .collect();
+    assert!(staged.is_empty(), "staged blobs left: {staged:?}");
+    assert_eq!(relay.missing_chunks(&folder.id, &ids).unwrap(), ids);
+
+    disk.resize("16m");
+    relay.put_chunks(&me, &folder.id, &chunks).unwrap();
+    assert!(relay.missing_chunks(&folder.id, &ids).unwrap().is_empty());
 }
