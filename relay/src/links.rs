@@ -22,7 +22,7 @@ use crate::storage::{
     BLOBS, DEVICES, FOLDER_CHUNKS, MEMBERS, RelayError, RelayStore, chunk_bytes, corrupt, key2,
     now_ms, person_bytes, person_in, role_in, scan_prefix, u64_value,
 };
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use weft_crypto::link::{MAX_LINK_CHUNKS, MAX_RECORD_LEN, access_hash};
 use weft_crypto::{ChunkId, DeviceId, FolderId, PersonId};

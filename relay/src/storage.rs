@@ -77,7 +77,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use weft_crypto::{ChunkId, DeviceCertificate, DeviceId, FolderId, Hash, PersonId, PublicKey};
 use weft_store::log::{Entry, MAX_ENTRY_LEN, check_chain};
 use weft_store::members::{Membership, MembershipEntry, Role};
@@ -313,9 +313,85 @@ impl FolderRecord {
     }
 }
 
+/// The relay's database, opened again when redb refuses it: after a failed write (a
+/// full disk), redb answers every later request with "previous I/O error" until the
+/// database is opened anew. An always-on relay must not need a restart for that; a
+/// failed commit leaves the one before it in place, so reopening loses nothing.
+pub(crate) struct Db {
+    path: PathBuf,
+    /// `None` while a reopen waits for the old handle's last transaction.
+    inner: RwLock<Option<Arc<Database>>>,
+}
+
+impl Db {
+    fn open(path: PathBuf) -> Result<Db, RelayError> {
+        let db = Database::create(&path)?;
+        Ok(Db {
+            path,
+            inner: RwLock::new(Some(Arc::new(db))),
+        })
+    }
+
+    fn current(&self) -> Result<Arc<Database>, RelayError> {
+        let now = self
+            .inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match now {
+            Some(db) => Ok(db),
+            None => self.reopen(None),
+        }
+    }
+
+    /// Opens the database again, unless another thread already replaced the handle
+    /// at `failed` (an address: the caller must have let go of its own clone, or the
+    /// old database would stay open).
+    fn reopen(&self, failed: Option<*const Database>) -> Result<Arc<Database>, RelayError> {
+        let mut g = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if let (Some(now), Some(failed)) = (g.as_ref(), failed)
+            && !std::ptr::eq(Arc::as_ptr(now), failed)
+        {
+            return Ok(now.clone());
+        }
+        // The old handle goes first: the file stays locked while it is open.
+        *g = None;
+        let db = Arc::new(Database::create(&self.path)?);
+        tracing::warn!("relay database opened again after a failed write");
+        *g = Some(db.clone());
+        Ok(db)
+    }
+
+    /// A write transaction, reopening the database first if redb refuses it.
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, RelayError> {
+        let db = self.current()?;
+        let failed = Arc::as_ptr(&db);
+        match db.begin_write().map_err(redb::Error::from) {
+            Err(redb::Error::PreviousIo) => {
+                drop(db);
+                Ok(self.reopen(Some(failed))?.begin_write()?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// A read transaction, reopening the database first if redb refuses it.
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, RelayError> {
+        let db = self.current()?;
+        let failed = Arc::as_ptr(&db);
+        match db.begin_read().map_err(redb::Error::from) {
+            Err(redb::Error::PreviousIo) => {
+                drop(db);
+                Ok(self.reopen(Some(failed))?.begin_read()?)
+            }
+            r => Ok(r?),
+        }
+    }
+}
+
 /// The relay's storage (see the module docs). Safe to share between threads.
 pub struct RelayStore {
-    pub(crate) db: Database,
+    pub(crate) db: Db,
     /// `<dir>/blobs`.
     blobs: PathBuf,
     cfg: StorageConfig,
@@ -531,7 +607,7 @@ impl RelayStore {
     pub fn open(dir: &Path, cfg: StorageConfig) -> Result<RelayStore, RelayError> {
         let blobs = dir.join(BLOBS_DIR);
         fs::create_dir_all(&blobs).map_err(|e| io_err(&blobs, e))?;
-        let db = Database::create(dir.join(DB_FILE))?;
+        let db = Db::open(dir.join(DB_FILE))?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;

@@ -243,3 +243,40 @@ fn a_relay_whose_disk_is_full_refuses_an_upload_and_keeps_nothing_of_it() {
     relay.put_chunks(&me, &folder.id, &chunks).unwrap();
     assert!(relay.missing_chunks(&folder.id, &ids).unwrap().is_empty());
 }
+
+/// A relay's database write fails on a full disk: redb refuses everything after that
+/// until it is opened again, which the relay does by itself once there is room, with
+/// nothing acknowledged before lost.
+#[test]
+fn a_relay_database_that_failed_on_a_full_disk_works_again_once_there_is_room() {
+    use weft_relay::storage::{RelayStore, StorageConfig};
+    if !is_root() {
+        eprintln!("note: needs root to mount a tmpfs; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&tmp.path().join("relay-disk"), "4m") else {
+        return;
+    };
+    let relay = RelayStore::open(&disk.dir.join("data"), StorageConfig::default()).unwrap();
+    let cert = |name: &str| {
+        let home = weft_store::Home::new(tmp.path().join(name));
+        let (id, _) = home.init(name, 0).unwrap();
+        id.cert.to_bytes()
+    };
+    let first = cert("first");
+    relay.register(&first).unwrap();
+
+    let filler = disk.dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 << 10];
+    while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    drop(f);
+    let second = cert("second");
+    let e = relay.register(&second).unwrap_err();
+    assert!(e.to_string().contains("space"), "{e}");
+
+    std::fs::remove_file(&filler).unwrap();
+    relay.register(&second).unwrap();
+    assert_eq!(relay.stats().unwrap().persons, 2);
+}
