@@ -93,8 +93,9 @@ pub const MAX_IDS: usize = 4096;
 pub const MAX_PUT_CHUNKS: usize = weft_node::protocol::MAX_PUT_CHUNKS;
 /// Most ciphertext bytes one [`RelayStore::put_chunks`] call may carry.
 pub const MAX_PUT_CHUNK_BYTES: usize = 8 << 20;
-/// Most entries one [`RelayStore::put_entries`] call may carry.
-pub const MAX_PUT_ENTRIES: usize = 4096;
+/// Most entries one [`RelayStore::put_entries`] call may carry: what one answer of a
+/// device's [`weft_store::Store::entries_since`] holds at most.
+pub const MAX_PUT_ENTRIES: usize = weft_store::sync::MAX_ENTRIES_COUNT;
 /// Most bytes of entries one [`RelayStore::put_entries`] call may carry (one entry is
 /// at most [`MAX_ENTRY_LEN`]).
 pub const MAX_PUT_ENTRY_BYTES: usize = 12 << 20;

@@ -15,6 +15,9 @@ use weft_crypto::{ChunkId, DeviceCertificate, DeviceId, FolderId};
 
 /// Most bytes of entries returned by one [`Store::entries_since`] call.
 pub const MAX_ENTRIES_BYTES: usize = 4 << 20;
+/// Most entries returned by one [`Store::entries_since`] call, however small they are:
+/// what a relay takes in one upload.
+pub const MAX_ENTRIES_COUNT: usize = 4096;
 
 /// One step that brings a folder's disk to its merged tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,7 +105,8 @@ impl Store {
     }
 
     /// Encoded entries of `folder` that a peer with tips `have` lacks, oldest first per
-    /// author, up to [`MAX_ENTRIES_BYTES`]; the flag says whether more remain.
+    /// author, up to [`MAX_ENTRIES_BYTES`] and [`MAX_ENTRIES_COUNT`]; the flag says
+    /// whether more remain.
     pub fn entries_since(
         &self,
         folder: &FolderId,
@@ -139,7 +143,8 @@ impl Store {
             for item in log.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
                 let (_, v) = item?;
                 let e = v.value();
-                if bytes + e.len() > MAX_ENTRIES_BYTES && !out.is_empty() {
+                let full = bytes + e.len() > MAX_ENTRIES_BYTES || out.len() >= MAX_ENTRIES_COUNT;
+                if full && !out.is_empty() {
                     return Ok((out, true));
                 }
                 bytes += e.len();
@@ -647,5 +652,52 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::log::Op;
+    use crate::model::VersionVector;
+
+    /// However small its entries, an answer holds at most [`MAX_ENTRIES_COUNT`] of them
+    /// (a relay refuses larger uploads), says more remain, and the rest follows.
+    #[test]
+    fn entries_since_stops_at_a_count_as_well_as_at_a_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = crate::Home::new(tmp.path().join("home"));
+        home.init("t", 0).unwrap();
+        let store = Store::open(&home).unwrap();
+        let root = tmp.path().join("f");
+        std::fs::create_dir(&root).unwrap();
+        let folder = store.add_folder(&root, Some("f")).unwrap();
+        let keys = store.keys(&folder);
+        let me = store.id.device_id();
+        let n = MAX_ENTRIES_COUNT + 10;
+        let txn = store.db.begin_write().unwrap();
+        for i in 0..n {
+            crate::store::append_local(&txn, &store.id, &folder.id, &keys, 0, |seq| {
+                let mut vv = VersionVector::default();
+                vv.set(me, seq);
+                Ok(vec![Op::Mkdir {
+                    path: RelPath::new(format!("d{i}").into_bytes())?,
+                    vv,
+                }])
+            })
+            .unwrap();
+        }
+        txn.commit().unwrap();
+
+        let (first, more) = store.entries_since(&folder.id, &[]).unwrap();
+        assert_eq!(first.len(), MAX_ENTRIES_COUNT);
+        assert!(more);
+        assert!(first.iter().map(Vec::len).sum::<usize>() < MAX_ENTRIES_BYTES);
+        let (rest, more) = store
+            .entries_since(&folder.id, &[(me, MAX_ENTRIES_COUNT as u64)])
+            .unwrap();
+        assert_eq!(rest.len(), n - MAX_ENTRIES_COUNT);
+        assert!(!more);
     }
 }
