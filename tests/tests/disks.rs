@@ -5,6 +5,16 @@ use weft_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A tmpfs of `size` at `base/name`, standing in for a small disk; `None` (with a note)
+/// where none can be mounted (not root).
+fn small_disk(base: &std::path::Path, name: &str, size: &str) -> Option<Tmpfs> {
+    if !is_root() {
+        eprintln!("note: needs root to mount a tmpfs; skipping");
+        return None;
+    }
+    Tmpfs::mount(&base.join(name), size)
+}
+
 fn folder(d: &Device) -> weft_node::apply::FolderStatus {
     match d.status() {
         ControlResponse::Status { mut folders, .. } if folders.len() == 1 => folders.remove(0),
@@ -22,12 +32,8 @@ fn last_error(d: &Device) -> String {
 /// room again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_completes_later() {
-    if !is_root() {
-        eprintln!("note: needs root to mount a tmpfs; skipping");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&tmp.path().join("b-disk"), "6m") else {
+    let Some(disk) = small_disk(tmp.path(), "b-disk", "6m") else {
         return;
     };
     let mut a = Device::new(tmp.path(), "a");
@@ -96,13 +102,10 @@ async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_comple
 /// error that says so, and no other device deletes a thing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_whose_disk_goes_away_stops_and_nothing_is_deleted_anywhere() {
-    if !is_root() {
-        eprintln!("note: needs root to mount a tmpfs; skipping");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let disk = Tmpfs::mount(&tmp.path().join("a-disk"), "16m");
-    let Some(disk) = disk else { return };
+    let Some(disk) = small_disk(tmp.path(), "a-disk", "16m") else {
+        return;
+    };
     let mut a = Device::new(tmp.path(), "a");
     a.root = disk.dir.join("a-files");
     a.create_folder();
@@ -139,13 +142,9 @@ async fn a_folder_whose_disk_goes_away_stops_and_nothing_is_deleted_anywhere() {
 /// is room, and goes on; nothing recorded before is lost and the store verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_the_database_heals_once_there_is_room() {
-    if !is_root() {
-        eprintln!("note: needs root to mount a tmpfs; skipping");
-        return;
-    }
     logs::capture("warn,weft_node=info");
     let tmp = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&tmp.path().join("a-home-disk"), "16m") else {
+    let Some(disk) = small_disk(tmp.path(), "a-home-disk", "16m") else {
         return;
     };
     let mut a = Device::new(tmp.path(), "a");
@@ -201,12 +200,8 @@ async fn a_full_disk_under_the_database_heals_once_there_is_room() {
 #[test]
 fn a_relay_whose_disk_is_full_refuses_an_upload_and_keeps_nothing_of_it() {
     use weft_relay::storage::{RelayError, RelayStore, StorageConfig};
-    if !is_root() {
-        eprintln!("note: needs root to mount a tmpfs; skipping");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&tmp.path().join("relay-disk"), "1m") else {
+    let Some(disk) = small_disk(tmp.path(), "relay-disk", "1m") else {
         return;
     };
     let relay = RelayStore::open(&disk.dir.join("data"), StorageConfig::default()).unwrap();
@@ -250,12 +245,8 @@ fn a_relay_whose_disk_is_full_refuses_an_upload_and_keeps_nothing_of_it() {
 #[test]
 fn a_relay_database_that_failed_on_a_full_disk_works_again_once_there_is_room() {
     use weft_relay::storage::{RelayStore, StorageConfig};
-    if !is_root() {
-        eprintln!("note: needs root to mount a tmpfs; skipping");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&tmp.path().join("relay-disk"), "4m") else {
+    let Some(disk) = small_disk(tmp.path(), "relay-disk", "4m") else {
         return;
     };
     let relay = RelayStore::open(&disk.dir.join("data"), StorageConfig::default()).unwrap();
