@@ -1025,16 +1025,16 @@ fn run(cli: Cli) -> Result<i32> {
                     }
                     println!("{line}");
                     const SHOWN: usize = 5;
-                    if !f.not_synced.is_empty() {
-                        println!("  {} path(s) not synced:", f.not_synced.len());
+                    if f.not_synced_count > 0 {
+                        println!("  {} path(s) not synced:", f.not_synced_count);
                     }
                     for w in f.not_synced.iter().take(SHOWN) {
                         println!("    {w}");
                     }
-                    if f.not_synced.len() > SHOWN {
+                    if f.not_synced_count > SHOWN as u64 {
                         println!(
-                            "    … and {} more (`weft status --json` lists them all)",
-                            f.not_synced.len() - SHOWN
+                            "    … and {} more (the node's log has them all)",
+                            f.not_synced_count - SHOWN as u64
                         );
                     }
                 }

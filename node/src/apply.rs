@@ -23,7 +23,7 @@ use crate::NodeError;
 use crate::Shared;
 use crate::node::{Cmd, NodeConfig};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -94,10 +94,20 @@ pub struct FolderStatus {
     #[serde(default)]
     pub local_only: u64,
     /// Paths the last scan did not sync, and why (symlinks, special files, unreadable
-    /// or ever-changing files, names that are not UTF-8, a bad `.weftignore`).
+    /// or ever-changing files, names that are not UTF-8, a bad `.weftignore`): the
+    /// first [`NOT_SYNCED_SHOWN`] of them.
     #[serde(default)]
     pub not_synced: Vec<String>,
+    /// How many paths the last scan did not sync.
+    #[serde(default)]
+    pub not_synced_count: u64,
+    /// Hashes of the warnings already logged (each is logged once while it lasts).
+    #[serde(skip)]
+    logged: HashSet<u64>,
 }
+
+/// Most not-synced paths a folder's status lists (the log has every one).
+pub const NOT_SYNCED_SHOWN: usize = 100;
 
 fn set_status(shared: &Shared, folder: &FolderId, f: impl FnOnce(&mut FolderStatus)) {
     if let Ok(mut m) = shared.status.lock() {
@@ -649,13 +659,22 @@ fn scan_and_notify(
 }
 
 /// Logs what a scan did not sync, each once (not again at every rescan while it stays
-/// so), and keeps the list for `weft status`.
-fn report_not_synced(shared: &Shared, folder: &FolderRecord, warnings: Vec<String>) {
+/// so), and keeps the first of them for `weft status`.
+fn report_not_synced(shared: &Shared, folder: &FolderRecord, mut warnings: Vec<String>) {
+    let hash = |w: &String| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        w.hash(&mut h);
+        h.finish()
+    };
     set_status(shared, &folder.id, |st| {
-        let known: std::collections::HashSet<&String> = st.not_synced.iter().collect();
-        for w in warnings.iter().filter(|w| !known.contains(w)) {
+        let now: HashSet<u64> = warnings.iter().map(hash).collect();
+        for w in warnings.iter().filter(|w| !st.logged.contains(&hash(w))) {
             warn!(folder = %folder.name, "{w}");
         }
+        st.logged = now;
+        st.not_synced_count = warnings.len() as u64;
+        warnings.truncate(NOT_SYNCED_SHOWN);
         st.not_synced = warnings;
     });
 }

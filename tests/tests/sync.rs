@@ -365,6 +365,12 @@ async fn symlinks_and_special_files_are_reported_once_and_not_synced() {
     a.create_folder();
     a.write("real.txt", b"real");
     std::os::unix::fs::symlink("real.txt", a.path("a-symlink-to-real.txt")).unwrap();
+    // More than a status lists (a project's node_modules/.bin has hundreds).
+    let many = weft_node::apply::NOT_SYNCED_SHOWN + 5;
+    std::fs::create_dir(a.path("bin")).unwrap();
+    for i in 0..many {
+        std::os::unix::fs::symlink("../real.txt", a.path(&format!("bin/tool-{i}"))).unwrap();
+    }
     let fifo = std::process::Command::new("mkfifo")
         .arg(a.path("a-fifo"))
         .status()
@@ -379,12 +385,14 @@ async fn symlinks_and_special_files_are_reported_once_and_not_synced() {
     for name in ["a-symlink-to-real.txt", "a-fifo"] {
         assert!(std::fs::symlink_metadata(b.path(name)).is_err(), "{name}");
     }
-    let not_synced = match a.status() {
+    let (not_synced, count) = match a.status() {
         weft_node::control::ControlResponse::Status { folders, .. } => {
-            folders[0].not_synced.clone()
+            (folders[0].not_synced.clone(), folders[0].not_synced_count)
         }
         other => panic!("unexpected {other:?}"),
     };
+    assert_eq!(count as usize, many + 2);
+    assert_eq!(not_synced.len(), weft_node::apply::NOT_SYNCED_SHOWN);
     assert!(
         not_synced.contains(&"a-symlink-to-real.txt: symlink, not synced".to_string())
             && not_synced
@@ -396,6 +404,10 @@ async fn symlinks_and_special_files_are_reported_once_and_not_synced() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     let said = logs::lines(&["a-symlink-to-real.txt", "symlink, not synced"]);
     assert_eq!(said.len(), 1, "{said:?}");
+    assert_eq!(
+        logs::lines(&["bin/tool-", "symlink, not synced"]).len(),
+        many
+    );
     a.stop().await;
     b.stop().await;
 }
