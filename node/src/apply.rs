@@ -205,6 +205,7 @@ fn round(
         skipped: 0,
         held: Vec::new(),
         first_error: None,
+        disk_full: 0,
     };
     let mut batch = FsyncBatch::default();
     for action in plan {
@@ -276,8 +277,12 @@ fn round(
     let Tally {
         skipped,
         first_error,
+        disk_full,
         ..
     } = tally;
+    if disk_full > 1 {
+        warn!(folder = %folder.name, "{disk_full} files could not be written: the disk is full");
+    }
     // Record conflict copies (and anything that changed meanwhile) as this device's;
     // the scan's commit also makes the round's light commits durable.
     scan_and_notify(shared, &folder, cmds)?;
@@ -316,6 +321,8 @@ struct Tally {
     /// The round's first error, which `weft status` shows (a full disk, above all, must
     /// not read as a missing chunk).
     first_error: Option<String>,
+    /// Steps that failed on a full disk.
+    disk_full: usize,
 }
 
 impl Tally {
@@ -329,7 +336,14 @@ impl Tally {
         let ok = match res {
             Ok(ok) => ok,
             Err(e) => {
-                warn!(folder = %folder.name, "{e}");
+                // A full disk fails every file after the first the same way: one line
+                // for the first, a count at the end of the round.
+                if matches!(e, NodeError::DiskFull { .. }) {
+                    self.disk_full += 1;
+                }
+                if self.disk_full <= 1 || !matches!(e, NodeError::DiskFull { .. }) {
+                    warn!(folder = %folder.name, "{e}");
+                }
                 self.first_error.get_or_insert_with(|| e.to_string());
                 false
             }

@@ -32,18 +32,19 @@ fn last_error(d: &Device) -> String {
 /// room again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_completes_later() {
+    logs::capture("warn,weft_node=info");
     let tmp = tempfile::tempdir().unwrap();
     let Some(disk) = small_disk(tmp.path(), "b-disk", "6m") else {
         return;
     };
     let mut a = Device::new(tmp.path(), "a");
     a.create_folder();
-    // 12 MiB of large files (each assembled on its own) and 3 MiB of small ones
+    // 6 MiB of large files (each assembled on its own) and 8 MB of small ones
     // (fsynced in batches) for a disk of 6 MiB.
-    for i in 0..4u64 {
+    for i in 0..2u64 {
         a.write(&format!("big/f{i}.bin"), &random_bytes(3 << 20, i));
     }
-    for i in 0..150u64 {
+    for i in 0..400u64 {
         a.write(&format!("small/s{i}.bin"), &random_bytes(20_000, i + 100));
     }
     a.start(&[]);
@@ -73,6 +74,15 @@ async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_comple
     for (path, entry) in &got {
         assert_eq!(want.get(path), Some(entry), "{path} differs from a's");
     }
+    // The log says it once a round, with a count, not once a file.
+    logs::wait(&["files could not be written: the disk is full"], 0, WAIT).await;
+    let missing = files(&want) - files(&got);
+    assert!(missing > 50, "only {missing} files missing: the disk is too large");
+    let per_file = logs::lines(&["disk full: cannot write", "b-disk"]).len();
+    assert!(
+        per_file * 4 < missing,
+        "{per_file} lines for {missing} files"
+    );
     // No partial file keeps the space a full disk needs: between two rounds (each
     // tries again and fails again) there is none.
     let tmp_dir = b.root.join(".weft/tmp");
