@@ -609,6 +609,18 @@ impl RelayStore {
         let blobs = dir.join(BLOBS_DIR);
         fs::create_dir_all(&blobs).map_err(|e| io_err(&blobs, e))?;
         let db = Db::open(dir.join(DB_FILE))?;
+        // Blobs staged by a process that died mid-upload: no other process holds this
+        // directory now (the database is locked), so they are garbage at once, not at
+        // the next gc hours later, while they may hold the room uploads need.
+        if let Ok(staged) = fs::read_dir(&blobs) {
+            for e in staged.flatten() {
+                if e.file_name().to_string_lossy().starts_with(TMP_PREFIX)
+                    && e.file_type().is_ok_and(|t| t.is_file())
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;

@@ -658,6 +658,28 @@ fn entries_since_pages_by_max_bytes_and_returns_everything() {
 
 // ---- chunks ------------------------------------------------------------------------
 
+/// Blobs staged by a relay killed mid-upload are gone when it opens its storage again;
+/// stored blobs stay.
+#[test]
+fn blobs_staged_before_a_crash_are_removed_on_open() {
+    let relay_dir = TempDir::new().unwrap();
+    let a = Device::new("laptop");
+    let c = a.seal(b"kept");
+    {
+        let relay = open(relay_dir.path());
+        relay.register(&a.cert()).unwrap();
+        relay
+            .put_chunks(&a.id(), &a.fid(), &[(c.id, c.ciphertext.clone())])
+            .unwrap();
+    }
+    let blobs = relay_dir.path().join("blobs");
+    let stale = blobs.join("tmp-999999-7");
+    std::fs::write(&stale, b"half an upload").unwrap();
+    let relay = open(relay_dir.path());
+    assert!(!stale.exists(), "a staged blob survived the reopen");
+    assert_eq!(relay.chunk(&a.id(), &c.id).unwrap(), Some(c.ciphertext));
+}
+
 #[test]
 fn a_chunk_that_does_not_match_its_id_is_refused_and_nothing_is_stored() {
     let relay_dir = TempDir::new().unwrap();

@@ -77,7 +77,10 @@ async fn a_full_disk_on_the_receiving_side_loses_nothing_and_the_transfer_comple
     // The log says it once a round, with a count, not once a file.
     logs::wait(&["files could not be written: the disk is full"], 0, WAIT).await;
     let missing = files(&want) - files(&got);
-    assert!(missing > 50, "only {missing} files missing: the disk is too large");
+    assert!(
+        missing > 50,
+        "only {missing} files missing: the disk is too large"
+    );
     let per_file = logs::lines(&["disk full: cannot write", "b-disk"]).len();
     assert!(
         per_file * 4 < missing,
