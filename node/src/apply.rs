@@ -129,17 +129,26 @@ pub async fn folder_worker(
         s.state = "scanning".into();
     });
     let mut first = true;
+    let mut next_round = cfg.rescan_every;
     loop {
         if !first {
             tokio::select! {
                 _ = kick.0.notified() => {}
-                _ = tokio::time::sleep(cfg.rescan_every) => {}
+                _ = tokio::time::sleep(next_round) => {}
             }
             tokio::time::sleep(cfg.debounce).await;
         }
         first = false;
         let (sh, f, c) = (shared.clone(), folder.clone(), cmds.clone());
         let res = tokio::task::spawn_blocking(move || round(&sh, &f, &c)).await;
+        // Room on a full disk comes back without an event in the folder: look again
+        // sooner than the rescan (each try fails at once while the disk stays full).
+        next_round = match &res {
+            Ok(Err(NodeError::Incomplete {
+                disk_full: true, ..
+            })) => cfg.rescan_every.min(DISK_FULL_RETRY),
+            _ => cfg.rescan_every,
+        };
         // A round that left steps for later is still syncing; any other failure (the
         // root gone, the store failing) stops the folder until a round succeeds.
         let (err, stopped) = match res {
@@ -302,6 +311,7 @@ fn round(
         // again: try again soon. Nothing moves until then.
         set_status(shared, &folder.id, |s| s.rate = 0.0);
         return Err(NodeError::Incomplete {
+            disk_full: disk_full > 0,
             steps: left.len().max(skipped),
             reason: first_error
                 .unwrap_or_else(|| "waiting for chunks from devices not connected now".into()),
@@ -381,6 +391,9 @@ impl Tally {
         }
     }
 }
+
+/// How soon a round that failed on a full disk is tried again (at most).
+const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Files below this size may wait in an [`FsyncBatch`].
 const BATCH_FILE_BELOW: u64 = 1 << 20;

@@ -82,6 +82,8 @@ pub enum NodeError {
         steps: usize,
         /// The first error of the round, or what the steps wait for.
         reason: String,
+        /// Whether steps failed on a full disk (the next round comes sooner).
+        disk_full: bool,
     },
 }
 

@@ -19,6 +19,8 @@ pub struct Device {
     pub port: u16,
     /// Listen on nothing: reachable only through a relay's circuit.
     pub unreachable: bool,
+    /// How often the node rescans its folder unasked (3 s unless a test sets it).
+    pub rescan_every: Duration,
     running: Option<(
         tokio::task::JoinHandle<()>,
         tokio::sync::oneshot::Sender<()>,
@@ -43,6 +45,7 @@ impl Device {
             root: base.join(format!("{name}-files")),
             port: free_port(),
             unreachable: false,
+            rescan_every: Duration::from_secs(3),
             running: None,
         }
     }
@@ -69,7 +72,7 @@ impl Device {
                 .map(|p| format!("/ip4/127.0.0.1/tcp/{p}").parse().unwrap())
                 .collect(),
             mdns: false,
-            rescan_every: Duration::from_secs(3),
+            rescan_every: self.rescan_every,
             pull_every: Duration::from_secs(2),
             debounce: Duration::from_millis(50),
         };
