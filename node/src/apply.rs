@@ -141,19 +141,19 @@ pub async fn folder_worker(
         first = false;
         let (sh, f, c) = (shared.clone(), folder.clone(), cmds.clone());
         let res = tokio::task::spawn_blocking(move || round(&sh, &f, &c)).await;
-        // Room on a full disk comes back without an event in the folder: look again
-        // sooner than the rescan (each try fails at once while the disk stays full).
-        next_round = match &res {
-            Ok(Err(NodeError::Incomplete {
-                disk_full: true, ..
-            })) => cfg.rescan_every.min(DISK_FULL_RETRY),
-            _ => cfg.rescan_every,
-        };
+        next_round = cfg.rescan_every;
         // A round that left steps for later is still syncing; any other failure (the
         // root gone, the store failing) stops the folder until a round succeeds.
         let (err, stopped) = match res {
             Ok(Ok(())) => (None, false),
-            Ok(Err(e @ NodeError::Incomplete { .. })) => (Some(e.to_string()), false),
+            Ok(Err(e @ NodeError::Incomplete { disk_full, .. })) => {
+                // Room on a full disk comes back without an event in the folder: look
+                // again sooner than the rescan (each try fails at once while it is full).
+                if disk_full {
+                    next_round = next_round.min(DISK_FULL_RETRY);
+                }
+                (Some(e.to_string()), false)
+            }
             Ok(Err(e)) => {
                 shared.store_failed(&e);
                 (Some(e.to_string()), true)
@@ -348,10 +348,9 @@ impl Tally {
             Err(e) => {
                 // A full disk fails every file after the first the same way: one line
                 // for the first, a count at the end of the round.
-                if matches!(e, NodeError::DiskFull { .. }) {
-                    self.disk_full += 1;
-                }
-                if self.disk_full <= 1 || !matches!(e, NodeError::DiskFull { .. }) {
+                let full = matches!(e, NodeError::DiskFull { .. });
+                self.disk_full += usize::from(full);
+                if !full || self.disk_full == 1 {
                     warn!(folder = %folder.name, "{e}");
                 }
                 self.first_error.get_or_insert_with(|| e.to_string());

@@ -320,8 +320,9 @@ impl FolderRecord {
 /// failed commit leaves the one before it in place, so reopening loses nothing.
 pub(crate) struct Db {
     path: PathBuf,
-    /// `None` while a reopen waits for the old handle's last transaction.
-    inner: RwLock<Option<Arc<Database>>>,
+    /// How many times the database was opened, and the handle (`None` while a reopen
+    /// waits for the old handle's last transaction).
+    inner: RwLock<(u64, Option<Arc<Database>>)>,
 }
 
 impl Db {
@@ -329,64 +330,62 @@ impl Db {
         let db = Database::create(&path)?;
         Ok(Db {
             path,
-            inner: RwLock::new(Some(Arc::new(db))),
+            inner: RwLock::new((1, Some(Arc::new(db)))),
         })
     }
 
-    fn current(&self) -> Result<Arc<Database>, RelayError> {
-        let now = self
+    /// The current handle and its generation, opening the database if it has none.
+    fn current(&self) -> Result<(u64, Arc<Database>), RelayError> {
+        let (generation, db) = self
             .inner
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        match now {
-            Some(db) => Ok(db),
-            None => self.reopen(None),
+        match db {
+            Some(db) => Ok((generation, db)),
+            None => self.reopen(generation),
         }
     }
 
-    /// Opens the database again, unless another thread already replaced the handle
-    /// at `failed` (an address: the caller must have let go of its own clone, or the
-    /// old database would stay open).
-    fn reopen(&self, failed: Option<*const Database>) -> Result<Arc<Database>, RelayError> {
+    /// Opens the database again, unless another thread already did since `failed`
+    /// (the generation that failed; the caller must have let go of its handle, or the
+    /// old database would stay open and locked).
+    fn reopen(&self, failed: u64) -> Result<(u64, Arc<Database>), RelayError> {
         let mut g = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        if let (Some(now), Some(failed)) = (g.as_ref(), failed)
-            && !std::ptr::eq(Arc::as_ptr(now), failed)
+        if let (generation, Some(db)) = &*g
+            && *generation != failed
         {
-            return Ok(now.clone());
+            return Ok((*generation, db.clone()));
         }
-        // The old handle goes first: the file stays locked while it is open.
-        *g = None;
+        g.1 = None;
         let db = Arc::new(Database::create(&self.path)?);
         tracing::warn!("relay database opened again after a failed write");
-        *g = Some(db.clone());
-        Ok(db)
+        *g = (failed + 1, Some(db.clone()));
+        Ok((failed + 1, db))
     }
 
-    /// A write transaction, reopening the database first if redb refuses it.
+    /// A transaction `begin` makes, reopening the database first if redb refuses it.
+    fn begin<T, E: Into<redb::Error>>(
+        &self,
+        begin: impl Fn(&Database) -> Result<T, E>,
+    ) -> Result<T, RelayError> {
+        let (generation, db) = self.current()?;
+        let first = begin(&db).map_err(Into::into);
+        drop(db);
+        match first {
+            Err(redb::Error::PreviousIo) => {
+                Ok(begin(&self.reopen(generation)?.1).map_err(Into::into)?)
+            }
+            r => Ok(r?),
+        }
+    }
+
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, RelayError> {
-        let db = self.current()?;
-        let failed = Arc::as_ptr(&db);
-        match db.begin_write().map_err(redb::Error::from) {
-            Err(redb::Error::PreviousIo) => {
-                drop(db);
-                Ok(self.reopen(Some(failed))?.begin_write()?)
-            }
-            r => Ok(r?),
-        }
+        self.begin(Database::begin_write)
     }
 
-    /// A read transaction, reopening the database first if redb refuses it.
     pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, RelayError> {
-        let db = self.current()?;
-        let failed = Arc::as_ptr(&db);
-        match db.begin_read().map_err(redb::Error::from) {
-            Err(redb::Error::PreviousIo) => {
-                drop(db);
-                Ok(self.reopen(Some(failed))?.begin_read()?)
-            }
-            r => Ok(r?),
-        }
+        self.begin(Database::begin_read)
     }
 }
 

@@ -41,3 +41,20 @@ pub mod verify;
 pub use error::{Result, StoreError};
 pub use home::{Config, Home, Identity};
 pub use store::Store;
+
+/// What the crate's unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::{Home, Store};
+    use std::path::{Path, PathBuf};
+
+    /// An initialized store under `dir` and an empty directory for a folder's root.
+    pub(crate) fn scratch(dir: &Path) -> (Store, PathBuf) {
+        let home = Home::new(dir.join("home"));
+        home.init("t", 0).expect("init");
+        let store = Store::open(&home).expect("open");
+        let root = dir.join("f");
+        std::fs::create_dir(&root).expect("root");
+        (store, root)
+    }
+}

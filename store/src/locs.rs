@@ -457,11 +457,7 @@ mod tests {
     #[test]
     fn record_written_moves_index_rows_and_chunk_locations_together() {
         let tmp = tempfile::tempdir().unwrap();
-        let home = crate::Home::new(tmp.path().join("home"));
-        home.init("t", 0).unwrap();
-        let store = Store::open(&home).unwrap();
-        let root = tmp.path().join("f");
-        std::fs::create_dir(&root).unwrap();
+        let (store, root) = crate::testing::scratch(tmp.path());
         // Two different contents of several chunks each.
         let (x, y) = (
             crate::chunker::tests::data(600_000, 1),

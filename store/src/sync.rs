@@ -667,11 +667,7 @@ mod tests {
     #[test]
     fn entries_since_stops_at_a_count_as_well_as_at_a_size() {
         let tmp = tempfile::tempdir().unwrap();
-        let home = crate::Home::new(tmp.path().join("home"));
-        home.init("t", 0).unwrap();
-        let store = Store::open(&home).unwrap();
-        let root = tmp.path().join("f");
-        std::fs::create_dir(&root).unwrap();
+        let (store, root) = crate::testing::scratch(tmp.path());
         let folder = store.add_folder(&root, Some("f")).unwrap();
         let keys = store.keys(&folder);
         let me = store.id.device_id();
