@@ -178,6 +178,19 @@ def main() -> int:
     w("")
     w("combined = 1 / Σ(1 / rate) over the four passes; two-core ceiling = 2 × combined. "
       "Compute only: reading files, the index and the log are not in it.")
+    w("")
+    w("Floors (weft-bench-passes, two threads, each file opened and read(2) into a buffer the "
+      "thread reuses, wall clock, fastest run): what a scan that reads through the page cache "
+      "could reach before its index, log and database, as a share of the ceiling above.")
+    w("")
+    w("| data | read only | read + fused passes | read + passes + every ciphertext appended to a file |")
+    w("|---|---|---|---|")
+    for s, p in passes.items():
+        fl = (p or {}).get("two_thread_floors")
+        if not fl:
+            continue
+        c = p["two_core_ceiling_gbps"]
+        w(f"| {s} | " + " | ".join(f"{fl[k]:.3f} GB/s ({fl[k] / c:.0%})" for k in ("read_gbps", "read_passes_gbps", "read_passes_pack_gbps")) + " |")
 
     w("")
     w("## Details")

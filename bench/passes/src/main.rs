@@ -19,6 +19,11 @@
 //! `std::hint::black_box`. It also times the fused per-chunk pipeline (CDC, then
 //! `SealedChunk::seal` per chunk) as a cross-check of the sum of the parts.
 //!
+//! Then, on two threads, the floors a real scan cannot go below: each file opened and
+//! read(2) into a buffer the thread reuses (read alone; read + the fused passes; read +
+//! passes + every ciphertext appended to a file, as a cache would). They show how much of
+//! the ceiling is left, on this machine, for what a scan does besides the four passes.
+//!
 //! All rates are plaintext bytes per second, GB = 10^9 bytes. The combined single-core
 //! rate is 1 / Σ(1 / rate_i); the two-core ceiling is twice that. The ceiling counts
 //! compute only: reading files, the index database and the change log come on top.
@@ -54,19 +59,33 @@ struct Args {
 }
 
 fn usage() -> String {
-    "usage: weft-bench-passes [--runs N (3)] [--cap-mib N (1024)] [--label TEXT] PATH...".to_string()
+    "usage: weft-bench-passes [--runs N (3)] [--cap-mib N (1024)] [--label TEXT] PATH..."
+        .to_string()
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { paths: Vec::new(), runs: 3, cap: 1024 << 20, label: None };
+    let mut args = Args {
+        paths: Vec::new(),
+        runs: 3,
+        cap: 1024 << 20,
+        label: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => {
-                args.runs = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or_else(usage)?
+                args.runs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(usage)?
             }
             "--cap-mib" => {
-                let mib: u64 = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or_else(usage)?;
+                let mib: u64 = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(usage)?;
                 args.cap = mib << 20;
             }
             "--label" => args.label = Some(it.next().ok_or_else(usage)?),
@@ -87,8 +106,9 @@ fn walk(p: &Path, out: &mut Vec<(PathBuf, u64)>) -> std::io::Result<()> {
     if md.is_file() {
         out.push((p.to_path_buf(), md.len()));
     } else if md.is_dir() {
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(p)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
         entries.sort();
         for e in entries {
             walk(&e, out)?;
@@ -160,6 +180,115 @@ fn fused(files: &[Vec<u8>]) -> usize {
     n
 }
 
+/// What two threads reach when they also read the files (each file opened and read with
+/// read(2) into a buffer the thread reuses, as a scan reads), with `work` run over each
+/// file's bytes: the best any scan that reads through the page cache could do, before
+/// its index, log and cache. Returns the fastest wall-clock seconds over `runs`.
+fn two_threads_reading<F>(list: &[(PathBuf, u64)], runs: usize, work: F) -> Result<f64, String>
+where
+    F: Fn(usize, &[u8]) -> std::io::Result<()> + Sync,
+{
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut best_s = f64::INFINITY;
+    for _ in 0..runs {
+        let next = AtomicUsize::new(0);
+        let t = Instant::now();
+        std::thread::scope(|s| -> Result<(), String> {
+            let handles: Vec<_> = (0..2)
+                .map(|thread| {
+                    let (next, work) = (&next, &work);
+                    s.spawn(move || -> Result<(), String> {
+                        let mut buf = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some((p, _)) = list.get(i) else {
+                                return Ok(());
+                            };
+                            buf.clear();
+                            std::fs::File::open(p)
+                                .and_then(|mut f| f.read_to_end(&mut buf))
+                                .and_then(|_| work(thread, &buf))
+                                .map_err(|e| format!("{}: {e}", p.display()))?;
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| "a reading thread panicked".to_string())??;
+            }
+            Ok(())
+        })?;
+        best_s = best_s.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best_s)
+}
+
+/// CDC and `SealedChunk::seal` over one file's bytes, each ciphertext handed to `out`.
+fn fused_one(
+    data: &[u8],
+    mut out: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if data.len() < MIN {
+        return out(&black_box(SealedChunk::seal(&SECRET, data)).ciphertext);
+    }
+    for c in FastCDC::new(data, MIN, AVG, MAX) {
+        out(&black_box(SealedChunk::seal(
+            &SECRET,
+            &data[c.offset..c.offset + c.length],
+        ))
+        .ciphertext)?;
+    }
+    Ok(())
+}
+
+/// The floors: reading alone, reading + the fused passes, and reading + the passes +
+/// appending each ciphertext to a pack file (one per thread, in the system temp dir,
+/// removed after), all on two threads, as rates in GB/s of plaintext.
+fn floors(list: &[(PathBuf, u64)], bytes: u64, runs: usize) -> Result<serde_json::Value, String> {
+    use std::io::Write;
+    let gb = bytes as f64 / 1e9;
+    let read = two_threads_reading(list, runs, |_, d| {
+        black_box(d);
+        Ok(())
+    })?;
+    let passes = two_threads_reading(list, runs, |_, d| {
+        fused_one(d, |ct| {
+            black_box(ct);
+            Ok(())
+        })
+    })?;
+    let dir = std::env::temp_dir().join(format!("weft-bench-passes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let packs: Vec<std::sync::Mutex<Option<std::fs::File>>> =
+        (0..2).map(|_| std::sync::Mutex::new(None)).collect();
+    let res = two_threads_reading(list, runs, |thread, d| {
+        let mut slot = packs[thread]
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
+        if slot.is_none() {
+            *slot = Some(std::fs::File::create(dir.join(format!("pack-{thread}")))?);
+        }
+        let Some(pack) = slot.as_mut() else {
+            return Err(std::io::Error::other("no pack"));
+        };
+        fused_one(d, |ct| pack.write_all(ct))
+    });
+    drop(packs);
+    let _ = std::fs::remove_dir_all(&dir);
+    let pack = res?;
+    Ok(json!({
+        "what": "two threads, each file opened and read(2) into a reused buffer; fastest of the runs, wall clock",
+        "read_gbps": gb / read,
+        "read_passes_gbps": gb / passes,
+        "read_passes_pack_gbps": gb / pack,
+    }))
+}
+
 fn best(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
 }
@@ -168,7 +297,11 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }
 
 fn cpu_model() -> String {
@@ -184,14 +317,25 @@ fn cpu_model() -> String {
 }
 
 /// Untimed check that the separate passes compute what `SealedChunk::seal` computes.
-fn check(chunks: &[&[u8]], keys: &[[u8; 32]], cts: &[Vec<u8>], idv: &[[u8; 32]]) -> Result<(), String> {
+fn check(
+    chunks: &[&[u8]],
+    keys: &[[u8; 32]],
+    cts: &[Vec<u8>],
+    idv: &[[u8; 32]],
+) -> Result<(), String> {
     for i in [0, chunks.len() / 2, chunks.len().saturating_sub(1)] {
         if i >= chunks.len() {
             continue;
         }
         let s = SealedChunk::seal(&SECRET, chunks[i]);
-        if s.key.0 != keys[i] || s.ciphertext != cts[i] || s.id != ChunkId::of(&cts[i]) || s.id.0.0 != idv[i] {
-            return Err(format!("pass output differs from SealedChunk::seal at chunk {i}"));
+        if s.key.0 != keys[i]
+            || s.ciphertext != cts[i]
+            || s.id != ChunkId::of(&cts[i])
+            || s.id.0.0 != idv[i]
+        {
+            return Err(format!(
+                "pass output differs from SealedChunk::seal at chunk {i}"
+            ));
         }
         // The same seal through chacha20poly1305 directly (all-zero nonce).
         let pt = ChaCha20Poly1305::new(&Key::from(keys[i]))
@@ -251,7 +395,11 @@ fn run(args: Args) -> Result<(), String> {
         // Ciphertexts for pass (d), made untimed, once per batch.
         cdc(&files, &mut chunks);
         keyed(&chunks, &mut keys);
-        let cts: Vec<Vec<u8>> = chunks.iter().zip(&keys).map(|(c, k)| ChunkKey(*k).seal(c)).collect();
+        let cts: Vec<Vec<u8>> = chunks
+            .iter()
+            .zip(&keys)
+            .map(|(c, k)| ChunkKey(*k).seal(c))
+            .collect();
         ids(&cts, &mut idv);
         check(&chunks, &keys, &cts, &idv)?;
         n_chunks += chunks.len();
@@ -337,6 +485,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let combined = 1.0 / inv_sum;
     let fused_s = best(&fused_secs);
+    let floors = floors(&list, bytes, runs)?;
     let out = json!({
         "tool": "weft-bench-passes",
         "label": args.label,
@@ -361,9 +510,21 @@ fn run(args: Args) -> Result<(), String> {
             "median_gbps": gb / median(&fused_secs),
             "seconds_runs": fused_secs,
         },
+        "two_thread_floors": floors,
         "cpu_model": cpu_model(),
     });
-    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    let ceiling = 2.0 * combined;
+    let of = |k: &str| floors[k].as_f64().unwrap_or(0.0) / ceiling * 100.0;
+    eprintln!(
+        "two threads that also read the files: read alone {:.0}%, read + passes {:.0}%, read + passes + pack write {:.0}% of the ceiling",
+        of("read_gbps"),
+        of("read_passes_gbps"),
+        of("read_passes_pack_gbps")
+    );
     eprintln!(
         "{}: {} files, {:.1} MB, {} chunks; GB/s per pass: {}; combined {:.3}; two-core ceiling {:.3}; fused {:.3}",
         args.label.as_deref().unwrap_or("passes"),
