@@ -9,10 +9,10 @@
 //!    the inode, size and mtime of a deleted one is a **move**: it re-uses the old
 //!    manifest and is never read.
 //! 2. **Read** what is new or changed through a pipeline that keeps both cores busy
-//!    with bounded memory: a cutter thread reads each file in blocks and cuts chunks
-//!    (FastCDC), a pool of workers keys, seals and names each chunk, and the calling
-//!    thread — the only one touching the database — appends new chunks to the cache and
-//!    writes entries, in batches of one redb transaction each. A new file whose content
+//!    with bounded memory: two cutter threads take the files in turn, read each in
+//!    blocks and cut chunks (FastCDC), a pool of workers keys, seals and names each
+//!    chunk, and the calling thread — the only one touching the database — appends new
+//!    chunks to the cache and writes entries, in batches of one redb transaction each. A new file whose content
 //!    equals a deleted file's is also recorded as a move. Chunk buffers are handed
 //!    back and reused rather than allocated per chunk: fresh memory costs a page fault
 //!    per 4 KiB, which was a fifth of a large-file scan.
@@ -337,7 +337,7 @@ fn err_path(e: &ignore::Error) -> Option<PathBuf> {
     }
 }
 
-/// Messages from the cutter and the sealers to the writer.
+/// Messages from the cutters and the sealers to the writer.
 enum Msg {
     Chunk {
         file: usize,
@@ -357,8 +357,8 @@ const IN_FLIGHT_BYTES: usize = 16 << 20;
 /// The largest chunk buffer handed back for reuse.
 const POOLED_BUFFER: usize = crate::chunker::SMALL.max + weft_crypto::chunk::CHUNK_OVERHEAD;
 
-/// Counts the bytes between the cutter and the writer; the cutter waits when they
-/// would pass the bound. Closed when the writer stops, so the cutter never waits for
+/// Counts the bytes between the cutters and the writer; a cutter waits when they
+/// would pass the bound. Closed when the writer stops, so no cutter ever waits for
 /// a writer that is gone.
 struct Budget {
     state: std::sync::Mutex<(usize, bool)>,
@@ -389,7 +389,9 @@ impl Budget {
     fn give(&self, n: usize) {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         g.0 += n;
-        self.freed.notify_one();
+        // Every waiting cutter looks: the one woken might need more than is free while
+        // another needs less.
+        self.freed.notify_all();
     }
 
     fn close(&self) {
@@ -1020,13 +1022,14 @@ impl Store {
         // Sealed chunks waiting for the writer: at most 64 (4 MiB at the average chunk
         // size, 16 MiB at the largest), whatever the file size.
         let (msg_tx, msg_rx) = bounded::<Msg>(64);
-        // Buffers go round: the cutter fills one with a chunk's plaintext, a worker
+        // Buffers go round: a cutter fills one with a chunk's plaintext, a worker
         // seals it in place, the writer hands it back. New buffers would cost a page
         // fault per 4 KiB each time (the allocator hands large blocks back to the
         // system). Bounded: at most this many wait, whatever the file size.
         let free = bounded::<Vec<u8>>(workers * 4 + 32);
         let budget = Budget::new(IN_FLIGHT_BYTES);
         let secret = *writer.keys.convergence_secret();
+        let turns = Turns::default();
         std::thread::scope(|s| -> Result<()> {
             for _ in 0..workers {
                 let job_rx = job_rx.clone();
@@ -1034,17 +1037,17 @@ impl Store {
                 s.spawn(move || seal_worker(&secret, job_rx, msg_tx));
             }
             drop(job_rx);
-            {
-                let msg_tx = msg_tx.clone();
-                let free = free.1.clone();
-                let budget = &budget;
-                s.spawn(move || cutter(root, to_read, job_tx, msg_tx, &free, budget));
+            for _ in 0..CUTTERS {
+                let (job_tx, msg_tx, free) = (job_tx.clone(), msg_tx.clone(), free.1.clone());
+                let (budget, turns) = (&budget, &turns);
+                s.spawn(move || cutter(root, to_read, turns, job_tx, msg_tx, &free, budget));
             }
+            drop(job_tx);
             drop(msg_tx);
             let res = self.collect(
                 to_read, index, writer, deleted, by_hash, progress, &msg_rx, &free.0, &budget,
             );
-            // On error, hang up so the cutter and workers stop.
+            // On error, hang up so the cutters and workers stop.
             budget.close();
             drop(msg_rx);
             res
@@ -1181,21 +1184,39 @@ fn seal_worker(secret: &[u8; 32], jobs: Receiver<Job>, out: Sender<Msg>) {
     }
 }
 
+/// Reading threads. Reading a file and finding its cut points is sequential, and for
+/// large files it was the one thread the whole scan waited on (read(2) and FastCDC of
+/// every byte, while the sealers had room): two cutters take the files in turn.
+const CUTTERS: usize = 2;
+
+/// What the cutters share: the next file of the list to take, and the next attempt
+/// number (one per read of a file, retries included; the writer tells attempts apart
+/// by it).
+#[derive(Default)]
+struct Turns {
+    item: std::sync::atomic::AtomicUsize,
+    attempt: std::sync::atomic::AtomicUsize,
+}
+
 fn cutter(
     root: &Path,
     to_read: &[(RelPath, Stat)],
+    turns: &Turns,
     jobs: Sender<Job>,
     out: Sender<Msg>,
     free: &Receiver<Vec<u8>>,
     budget: &Budget,
 ) {
-    let mut attempt_no = 0usize;
+    use std::sync::atomic::Ordering::Relaxed;
     let mut buf = crate::chunker::Buffer::new();
-    for (i, (path, _)) in to_read.iter().enumerate() {
+    loop {
+        let i = turns.item.fetch_add(1, Relaxed);
+        let Some((path, _)) = to_read.get(i) else {
+            return;
+        };
         let full = path.to_path(root);
         for n in 1..=MAX_ATTEMPTS {
-            let file_no = attempt_no;
-            attempt_no += 1;
+            let file_no = turns.attempt.fetch_add(1, Relaxed);
             let Ok(mut attempt) = cut_file(&mut buf, &full, file_no, &jobs, free, budget) else {
                 return;
             };
