@@ -35,7 +35,7 @@ use weft_crypto::{ChunkId, FolderId, Hash, SealedChunk};
 use weft_store::db::{FolderRecord, IndexKind, IndexRow};
 use weft_store::locs::WrittenFile;
 use weft_store::model::{ChunkRef, Manifest, RelPath, VersionId};
-use weft_store::scan::{NoProgress, TEMP_DIR};
+use weft_store::scan::{Progress, TEMP_DIR};
 use weft_store::sync::Action;
 
 /// Chunks requested ahead of the one being written.
@@ -663,12 +663,33 @@ pub fn conflicts(shared: &Shared, folder: &FolderRecord) -> Result<Vec<String>, 
         .collect())
 }
 
+/// Tells the peers about a scan's entries at each of its commits, so a long scan's
+/// first files travel while it reads the rest (a peer that pulls finds them committed).
+struct NotifyAtCommits<'a> {
+    folder: FolderId,
+    cmds: &'a mpsc::Sender<Cmd>,
+}
+
+impl Progress for NotifyAtCommits<'_> {
+    fn committed(&self) {
+        // Never waits: if the node's queue is full, the notice after the scan will do.
+        let _ = self.cmds.try_send(Cmd::Notify {
+            folder: self.folder,
+            except: None,
+        });
+    }
+}
+
 fn scan_and_notify(
     shared: &Shared,
     folder: &FolderRecord,
     cmds: &mpsc::Sender<Cmd>,
 ) -> Result<(), NodeError> {
-    let s = shared.store.scan(folder, &NoProgress)?;
+    let progress = NotifyAtCommits {
+        folder: folder.id,
+        cmds,
+    };
+    let s = shared.store.scan(folder, &progress)?;
     report_not_synced(shared, folder, s.warnings);
     if s.log_entries > 0 {
         info!(

@@ -77,6 +77,10 @@ pub fn check_root(root: &Path, id: &weft_crypto::FolderId) -> Result<()> {
 
 const BATCH_OPS: usize = 2000;
 const BATCH_BYTES: u64 = 128 << 20;
+/// A batch is committed once it is this old, so what a long scan found reaches other
+/// devices while it goes on (a node tells its peers at each commit: see
+/// [`Progress::committed`]) and a killed scan loses at most this much of its work.
+const BATCH_TIME: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What a scan did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -121,6 +125,9 @@ pub trait Progress: Sync {
     fn advance(&self, _bytes: u64) {}
     /// Something was skipped.
     fn warn(&self, _msg: &str) {}
+    /// Log entries were committed while the scan goes on: other devices may fetch them
+    /// now (the scan's summary comes at the end).
+    fn committed(&self) {}
     /// The scan is over.
     fn finish(&self) {}
 }
@@ -550,6 +557,12 @@ struct Writer<'a> {
     pack: crate::cache::PackWriter,
     batch_ops: usize,
     batch_bytes: u64,
+    /// When the open transaction began.
+    batch_began: Instant,
+    /// Commits that carried log entries.
+    commits_with_entries: u64,
+    /// Whether the open transaction holds a log entry.
+    entries_in_batch: bool,
     batch_chunks: HashSet<weft_crypto::ChunkId>,
     summary: ScanSummary,
     now: u64,
@@ -562,6 +575,7 @@ impl<'a> Writer<'a> {
     fn txn(&mut self) -> Result<&WriteTransaction> {
         if self.txn.is_none() {
             self.txn = Some(self.store.db.begin_write()?);
+            self.batch_began = Instant::now();
         }
         self.txn
             .as_ref()
@@ -576,7 +590,11 @@ impl<'a> Writer<'a> {
             // here: see `cache` on why the cache trades power-loss durability for speed.
             self.pack.flush()?;
             txn.commit()?;
+            if self.entries_in_batch {
+                self.commits_with_entries += 1;
+            }
         }
+        self.entries_in_batch = false;
         self.batch_ops = 0;
         self.batch_bytes = 0;
         self.batch_chunks.clear();
@@ -584,7 +602,10 @@ impl<'a> Writer<'a> {
     }
 
     fn maybe_commit(&mut self) -> Result<()> {
-        if self.batch_ops >= BATCH_OPS || self.batch_bytes >= BATCH_BYTES {
+        if self.batch_ops >= BATCH_OPS
+            || self.batch_bytes >= BATCH_BYTES
+            || (self.batch_ops > 0 && self.batch_began.elapsed() >= BATCH_TIME)
+        {
             self.commit()?;
         }
         Ok(())
@@ -688,6 +709,7 @@ impl<'a> Writer<'a> {
         })?;
         self.summary.log_entries += 1;
         self.summary.log_bytes += applied.len as u64;
+        self.entries_in_batch = true;
         Ok(())
     }
 }
@@ -785,6 +807,9 @@ impl Store {
             pack: self.cache.writer()?,
             batch_ops: 0,
             batch_bytes: 0,
+            batch_began: Instant::now(),
+            commits_with_entries: 0,
+            entries_in_batch: false,
             batch_chunks: HashSet::new(),
             summary: ScanSummary {
                 folder: folder.name.clone(),
@@ -1069,6 +1094,11 @@ impl Store {
     ) -> Result<()> {
         let mut pending: HashMap<usize, Pending> = HashMap::new();
         let mut which: HashMap<usize, usize> = HashMap::new();
+        // Moves, deletes and mode changes, committed before reading, are news too.
+        let mut told = writer.commits_with_entries;
+        if told > 0 {
+            progress.committed();
+        }
         for msg in msgs.iter() {
             let file_no = match msg {
                 Msg::Chunk { file, idx, sealed } => {
@@ -1150,6 +1180,10 @@ impl Store {
                         writer.summary.warnings.push(w);
                     } else {
                         writer.record_file(path, stat, m, index.get(path), deleted, by_hash)?;
+                        if writer.commits_with_entries != told {
+                            told = writer.commits_with_entries;
+                            progress.committed();
+                        }
                     }
                 }
                 Some(FileAttempt::Unstable { warn: Some(w) })
@@ -1370,4 +1404,59 @@ fn version_record(
     let t = txn.open_table(db::VERSIONS)?;
     let v = t.get(db::key_version(&folder.id, path, id).as_slice())?;
     v.map(|v| db::dec("version", v.value())).transpose()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Slows the writer down, as a large folder would, and looks at the store from
+    /// outside at each commit the scan reports.
+    struct Watch<'a> {
+        store: &'a Store,
+        folder: &'a FolderRecord,
+        indexed_at_commits: Mutex<Vec<usize>>,
+    }
+
+    impl Progress for Watch<'_> {
+        fn advance(&self, _bytes: u64) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fn committed(&self) {
+            let n = self.store.index_rows(self.folder).unwrap().len();
+            self.indexed_at_commits.lock().unwrap().push(n);
+        }
+    }
+
+    /// A node tells its peers at each commit, so a long scan's first files can travel
+    /// while it reads the rest: the scan must commit on the way, not only at the end,
+    /// and say so each time with the files it committed readable by others.
+    #[test]
+    fn a_long_scan_commits_and_says_so_as_it_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, root) = crate::testing::scratch(tmp.path());
+        let folder = store.add_folder(&root, None).unwrap();
+        for i in 0..40 {
+            let data = crate::chunker::tests::data(1000 + i, i as u64 + 1);
+            std::fs::write(root.join(format!("f{i:02}")), data).unwrap();
+        }
+        let watch = Watch {
+            store: &store,
+            folder: &folder,
+            indexed_at_commits: Mutex::new(Vec::new()),
+        };
+        let summary = store.scan(&folder, &watch).unwrap();
+        assert_eq!(summary.files_added, 40);
+        let seen = watch.indexed_at_commits.into_inner().unwrap();
+        // 40 one-chunk files at 20 ms each: 0.8 s, at least two batches of 250 ms.
+        assert!(seen.len() >= 2, "commits reported: {seen:?}");
+        assert!(seen[0] > 0 && seen[0] < 40, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(store.index_rows(&folder).unwrap().len(), 40);
+        let report = store.verify().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
 }
