@@ -663,8 +663,9 @@ pub fn conflicts(shared: &Shared, folder: &FolderRecord) -> Result<Vec<String>, 
         .collect())
 }
 
-/// Tells the peers about a scan's entries at each of its commits, so a long scan's
-/// first files travel while it reads the rest (a peer that pulls finds them committed).
+/// Tells the peers about a scan's entries at each commit that holds some, so a long
+/// scan's first files travel while it reads the rest (a peer that pulls finds them
+/// committed). The scan runs on the folder worker's blocking thread.
 struct NotifyAtCommits<'a> {
     folder: FolderId,
     cmds: &'a mpsc::Sender<Cmd>,
@@ -672,8 +673,7 @@ struct NotifyAtCommits<'a> {
 
 impl Progress for NotifyAtCommits<'_> {
     fn committed(&self) {
-        // Never waits: if the node's queue is full, the notice after the scan will do.
-        let _ = self.cmds.try_send(Cmd::Notify {
+        let _ = self.cmds.blocking_send(Cmd::Notify {
             folder: self.folder,
             except: None,
         });
@@ -697,10 +697,6 @@ fn scan_and_notify(
             "local changes: {} added, {} changed, {} deleted, {} moved",
             s.files_added, s.files_changed, s.files_deleted, s.files_moved
         );
-        let _ = cmds.blocking_send(Cmd::Notify {
-            folder: folder.id,
-            except: None,
-        });
     }
     Ok(())
 }

@@ -125,8 +125,8 @@ pub trait Progress: Sync {
     fn advance(&self, _bytes: u64) {}
     /// Something was skipped.
     fn warn(&self, _msg: &str) {}
-    /// Log entries were committed while the scan goes on: other devices may fetch them
-    /// now (the scan's summary comes at the end).
+    /// Log entries were committed (at each commit that holds some, while the scan goes
+    /// on and at its end): other devices may fetch them now.
     fn committed(&self) {}
     /// The scan is over.
     fn finish(&self) {}
@@ -559,10 +559,10 @@ struct Writer<'a> {
     batch_bytes: u64,
     /// When the open transaction began.
     batch_began: Instant,
-    /// Commits that carried log entries.
-    commits_with_entries: u64,
     /// Whether the open transaction holds a log entry.
     entries_in_batch: bool,
+    /// Told of each commit that holds log entries.
+    progress: &'a dyn Progress,
     batch_chunks: HashSet<weft_crypto::ChunkId>,
     summary: ScanSummary,
     now: u64,
@@ -591,7 +591,7 @@ impl<'a> Writer<'a> {
             self.pack.flush()?;
             txn.commit()?;
             if self.entries_in_batch {
-                self.commits_with_entries += 1;
+                self.progress.committed();
             }
         }
         self.entries_in_batch = false;
@@ -808,8 +808,8 @@ impl Store {
             batch_ops: 0,
             batch_bytes: 0,
             batch_began: Instant::now(),
-            commits_with_entries: 0,
             entries_in_batch: false,
+            progress,
             batch_chunks: HashSet::new(),
             summary: ScanSummary {
                 folder: folder.name.clone(),
@@ -1094,11 +1094,6 @@ impl Store {
     ) -> Result<()> {
         let mut pending: HashMap<usize, Pending> = HashMap::new();
         let mut which: HashMap<usize, usize> = HashMap::new();
-        // Moves, deletes and mode changes, committed before reading, are news too.
-        let mut told = writer.commits_with_entries;
-        if told > 0 {
-            progress.committed();
-        }
         for msg in msgs.iter() {
             let file_no = match msg {
                 Msg::Chunk { file, idx, sealed } => {
@@ -1180,10 +1175,6 @@ impl Store {
                         writer.summary.warnings.push(w);
                     } else {
                         writer.record_file(path, stat, m, index.get(path), deleted, by_hash)?;
-                        if writer.commits_with_entries != told {
-                            told = writer.commits_with_entries;
-                            progress.committed();
-                        }
                     }
                 }
                 Some(FileAttempt::Unstable { warn: Some(w) })
